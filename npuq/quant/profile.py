@@ -80,11 +80,11 @@ class QuantProfile:
 
 
 def _check_keys(data: dict, allowed: set[str], where: str, source: str) -> None:
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted((k for k in data if k not in allowed), key=str)
     if unknown:
         raise NpuqError(
             f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(where + k) for k in unknown)} (allowed: {', '.join(sorted(allowed))})"
+            f"{', '.join(repr(f'{where}{k}') for k in unknown)} (allowed: {', '.join(sorted(allowed))})"
         )
 
 
@@ -93,11 +93,12 @@ def _expect(cond: bool, source: str, key: str, msg: str) -> None:
         raise NpuqError(f"{source}: {key} {msg}")
 
 
-def _tensor_config(data: Any, role: str, source: str) -> TensorQuantConfig:
+def _tensor_config(data: Any, role: str, source: str, base: TensorQuantConfig) -> TensorQuantConfig:
+    """Validate a weights/activations mapping; keys it leaves out keep their value in ``base``."""
     _expect(isinstance(data, dict), source, role, "must be a mapping")
     allowed = {f.name for f in dataclasses.fields(TensorQuantConfig)}
     _check_keys(data, allowed, f"{role}.", source)
-    cfg = TensorQuantConfig(**data)
+    cfg = dataclasses.replace(base, **data)
     _expect(isinstance(cfg.bits, int) and not isinstance(cfg.bits, bool) and 2 <= cfg.bits <= 16,
             source, f"{role}.bits", f"must be an integer in 2..16, got {cfg.bits!r}")
     _expect(isinstance(cfg.symmetric, bool), source, f"{role}.symmetric",
@@ -120,9 +121,9 @@ def profile_from_dict(data: Any, source: str = "<profile>") -> QuantProfile:
     _check_keys(data, allowed, "", source)
     defaults = QuantProfile()
     values: dict[str, Any] = dict(data)
-    values["weights"] = _tensor_config(data.get("weights", {}), "weights", source)
+    values["weights"] = _tensor_config(data.get("weights", {}), "weights", source, defaults.weights)
     values["activations"] = _tensor_config(
-        data.get("activations", dataclasses.asdict(defaults.activations)), "activations", source
+        data.get("activations", {}), "activations", source, defaults.activations
     )
     for key in ("cle", "fold_bn"):
         if key in values:
