@@ -1,0 +1,66 @@
+"""Empirical bias correction, as the vendor toolchain does it.
+
+Quantizing a layer's weights (and its input) shifts the mean of its output: E[W_q x_q] != E[W x].
+For every INT8 conv / linear layer the toolchain measures, on the calibration data, the expected output
+shift per output channel
+
+    shift_c = E[ layer_q(Q(x)) - layer_fp(x) ]_c
+
+where x is the layer's *float* input (captured from a float pass of the whole network), Q is the
+layer's input quantizer as calibrated and layer_q uses the quantized weights (and the float bias, which
+cancels). The shift is then subtracted from the float bias, which the toolchain quantizes afterwards.
+
+It is per-layer on float inputs: all layers are measured in one float pass over the calibration data,
+so a correction does not see the errors of the layers before it (no sequential re-measurement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+def channel_axis(layer: nn.Module) -> int:
+    """The output-channel axis of the layer's output (-1 for Linear, 1 for convolutions)."""
+    return -1 if isinstance(layer, nn.Linear) else 1
+
+
+def per_channel_sum(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Sum over every axis except ``axis`` (float64)."""
+    return t.double().movedim(axis, 0).reshape(t.shape[axis], -1).sum(1)
+
+
+@torch.no_grad()
+def measure_output_shift(
+    run_float: Callable[[torch.Tensor], object],
+    layers: Mapping[str, nn.Module],
+    quantized_output: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    batches: Iterable[torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Per layer, the mean over the batches of ``quantized_output(layer, x) - layer(x)`` per output channel.
+
+    ``run_float(batch)`` must run the network in float (all quantizers off); a forward hook on each
+    layer sees its float input x and float output and evaluates ``quantized_output`` on the same x.
+    """
+    sums = {name: None for name in layers}
+    counts = dict.fromkeys(layers, 0)
+
+    def hook_for(name: str):
+        def hook(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            axis = channel_axis(layer)
+            diff = per_channel_sum(quantized_output(layer, inputs[0]) - output, axis)
+            sums[name] = diff if sums[name] is None else sums[name] + diff
+            counts[name] += output.numel() // output.shape[axis]
+
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
+    try:
+        for batch in batches:
+            run_float(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in layers if sums[name] is not None}
