@@ -1,0 +1,315 @@
+"""Output representability: which depths the quantized NPU output can express, and what that costs.
+
+The NPU stores each raw head output (for ``sigmoid-disp``: the sigmoid "disparity" in [0, 1]) on an
+integer grid. The host decodes those integers to metres, so only a finite set of depths can come
+out of the network, however good the layers before it are. This module measures that limit,
+generically over heads through ``head.encode`` / ``head.decode``:
+
+- ``representable_depths``: the decoded depth of every integer level that the head's output range
+  can reach (one-output heads);
+- ``depth_step_curve``: the gap in metres between neighbouring representable depths around each depth
+  of a sweep, i.e. the resolution (the worst rounding error at a depth is about half the step);
+- ``gt_quantization_floor``: metrics of ``decode(Q(encode(gt)))`` against ``gt`` — the abs_rel that
+  the output quantizer alone imposes even on a perfect network.
+
+Grids come from a calibrated QuantSim (``grids_from_sim``: the scale the toolchain chose, e.g. a
+KL-clipped range) or from the profile's bit width over the head's full output range
+(``full_range_grids``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from npuq.analysis.metrics import MetricAccumulator, MetricConfig, valid_mask
+from npuq.errors import NpuqError
+from npuq.quant.profile import TensorQuantConfig
+from npuq.quant.quantizer import IntGrid, scale_zero_point
+
+STEP_CURVE_POINTS = 200
+HIST_BINS = 40
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """How one raw NPU output is stored: integer grid, scale and zero-point."""
+
+    grid: IntGrid
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def from_range(cls, lo: float, hi: float, grid: IntGrid) -> OutputGrid:
+        """The grid that a range [lo, hi] gets (same rule as the simulator's quantizers)."""
+        scale, zero_point = scale_zero_point(lo, hi, grid)
+        return cls(grid, scale, zero_point)
+
+    @property
+    def lo(self) -> float:
+        """The smallest value the grid stores."""
+        return (self.grid.qmin - self.zero_point) * self.scale
+
+    @property
+    def hi(self) -> float:
+        """The largest value the grid stores (values above are clipped to it)."""
+        return (self.grid.qmax - self.zero_point) * self.scale
+
+    def level_of(self, x: Tensor) -> Tensor:
+        """The integer each value is stored as (round half to even, clamped), as a float tensor."""
+        return torch.clamp(torch.round(x / self.scale) + self.zero_point, self.grid.qmin, self.grid.qmax)
+
+    def value_of(self, level: Tensor) -> Tensor:
+        """The real value an integer level stands for."""
+        return (level - self.zero_point) * self.scale
+
+    def quantize(self, x: Tensor) -> Tensor:
+        """Quantize-dequantize, as the NPU output tensor."""
+        return self.value_of(self.level_of(x.double())).to(x.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bits": self.grid.bits, "signed": self.grid.signed, "scale": self.scale,
+                "zero_point": self.zero_point, "lo": self.lo, "hi": self.hi}
+
+
+@dataclass(frozen=True)
+class GridScenario:
+    """One way of quantizing every head output: a label and one OutputGrid per output (None = kept float)."""
+
+    label: str
+    grids: tuple[OutputGrid | None, ...]
+
+
+def full_range_grids(head, act_cfg: TensorQuantConfig) -> tuple[OutputGrid, ...]:
+    """Per head output: the profile's activation grid stretched over the head's whole output range."""
+    grid = IntGrid.for_config(act_cfg)
+    return tuple(OutputGrid.from_range(lo, hi, grid) for lo, hi in head.output_ranges())
+
+
+def _scalar(value: Any, what: str) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise NpuqError(f"output quantizer: {what} has {value.numel()} values; per-tensor expected")
+        return float(value.item())
+    return float(value)
+
+
+def grid_of_quantizer(quantizer) -> OutputGrid | None:
+    """The integer grid of a QuantSim ActQuantizer; None when it is off, not calibrated or not on an
+    integer grid (mode "float" or "fp16")."""
+    active = getattr(quantizer, "active", getattr(quantizer, "enabled", True))
+    if not active or getattr(quantizer, "mode", "int") != "int" or getattr(quantizer, "scale", None) is None:
+        return None
+    return OutputGrid(quantizer.grid, _scalar(quantizer.scale, "scale"),
+                      int(_scalar(quantizer.zero_point, "zero_point")))
+
+
+def output_quantizers(sim) -> list:
+    """The sim's output quantizers in output order."""
+    outs = [q for q in sim.quantizers.values() if q.kind == "output"]
+    return sorted(outs, key=lambda q: (getattr(q, "output_index", None) or 0, q.order))
+
+
+def grids_from_sim(sim, num_outputs: int) -> tuple[OutputGrid | None, ...]:
+    """The calibrated grid of each model output (None where the output is not quantized)."""
+    outs = output_quantizers(sim)
+    if len(outs) not in (0, num_outputs):
+        raise NpuqError(f"quantsim: {len(outs)} output quantizers for a head with {num_outputs} outputs")
+    if not outs:
+        return (None,) * num_outputs
+    return tuple(grid_of_quantizer(q) for q in outs)
+
+
+def _check_grids(head, grids: Sequence[OutputGrid | None]) -> None:
+    n = len(head.output_names)
+    if len(grids) != n:
+        raise NpuqError(f"representability: {len(grids)} grids given for head {head.name!r} with {n} outputs")
+
+
+def _as_map(depth: Tensor) -> Tensor:
+    """Depths of any shape as a [1,1,1,N] map, the layout every head's encode/decode accepts."""
+    return depth.reshape(1, 1, 1, -1)
+
+
+def quantize_outputs(outputs: Sequence[Tensor], grids: Sequence[OutputGrid | None]) -> tuple[Tensor, ...]:
+    return tuple(x if g is None else g.quantize(x) for x, g in zip(outputs, grids, strict=True))
+
+
+def quantized_depth(head, depth: Tensor, grids: Sequence[OutputGrid | None]) -> Tensor:
+    """``decode(Q(encode(depth)))``: the depth a perfect network would report after output quantization."""
+    _check_grids(head, grids)
+    with torch.no_grad():
+        return head.decode(quantize_outputs(head.encode(depth), grids))
+
+
+def reachable_levels(grid: OutputGrid, lo: float, hi: float) -> Tensor:
+    """The integer levels that values in [lo, hi] round to, ascending (float tensor)."""
+    ends = grid.level_of(torch.tensor([lo, hi], dtype=torch.float64))
+    return torch.arange(int(ends[0]), int(ends[1]) + 1, dtype=torch.float64)
+
+
+def representable_depths(head, grid: OutputGrid) -> Tensor:
+    """Ascending, distinct depths (m) that a one-output head can report through ``grid``.
+
+    Only levels reachable from the head's output range count (a sigmoid never goes negative, so a
+    signed grid over [0, 1] uses only its non-negative half).
+    """
+    if len(head.output_names) != 1:
+        raise NpuqError(f"representable_depths: head {head.name!r} has {len(head.output_names)} outputs; "
+                        "use depth_step_curve for multi-output heads")
+    lo, hi = head.output_ranges()[0]
+    values = grid.value_of(reachable_levels(grid, lo, hi)).float()
+    with torch.no_grad():
+        depths = head.decode((_as_map(values),)).flatten().double()
+    return torch.unique(depths[torch.isfinite(depths)])
+
+
+def _step_of_output(head, exact: tuple[Tensor, ...], index: int, grid: OutputGrid) -> Tensor:
+    """|decode(level below) - decode(level above)| of output ``index``, the other outputs left exact."""
+    u = exact[index].double() / grid.scale + grid.zero_point
+    below = torch.clamp(torch.floor(u), grid.grid.qmin, grid.grid.qmax)
+    above = torch.clamp(below + 1, grid.grid.qmin, grid.grid.qmax)
+    depths = []
+    for level in (below, above):
+        outs = list(exact)
+        outs[index] = grid.value_of(level).to(exact[index].dtype)
+        depths.append(head.decode(tuple(outs)))
+    step = (depths[1] - depths[0]).abs().double()
+    inside = (exact[index] >= grid.lo) & (exact[index] <= grid.hi) & (above > below)
+    return torch.where(inside, step, torch.full_like(step, math.nan))
+
+
+def steps_at(head, depth: Tensor, grids: Sequence[OutputGrid | None]) -> Tensor:
+    """The resolution (m) at each depth: the gap between the two representable depths that bracket it.
+
+    For several outputs, the largest such gap over the outputs, each moved one level with the others
+    exact. NaN where an output value lies outside its grid (clipped: the error there is clipping, not
+    rounding); 0 when no output is quantized.
+    """
+    _check_grids(head, grids)
+    with torch.no_grad():
+        exact = head.encode(_as_map(depth.float()))
+        steps = [_step_of_output(head, exact, i, g).flatten() for i, g in enumerate(grids) if g is not None]
+    return torch.stack(steps).amax(0) if steps else torch.zeros(depth.numel(), dtype=torch.float64)
+
+
+def depth_step_curve(head, grids: Sequence[OutputGrid | None], n: int = STEP_CURVE_POINTS) -> dict[str, list]:
+    """Resolution across the head's depth range, on ``n`` log-spaced depths.
+
+    ``step_m``: see ``steps_at``; ``quantized_m``: what each depth becomes after output quantization;
+    ``rel_error``: its relative error.
+    """
+    depth = torch.logspace(math.log10(head.min_depth), math.log10(head.max_depth), n, dtype=torch.float64)
+    step = steps_at(head, depth, grids)
+    q = quantized_depth(head, _as_map(depth.float()), grids).flatten().double()
+    return {"depth_m": depth.tolist(), "step_m": step.tolist(), "rel_step": (step / depth).tolist(),
+            "quantized_m": q.tolist(), "rel_error": ((q - depth).abs() / depth).tolist()}
+
+
+def _gt_maps(source: Any) -> Iterable[Tensor]:
+    """GT depth maps [1,H,W] from a DepthDataset, a [N,1,H,W] tensor, or an iterable of tensors."""
+    if isinstance(source, Tensor):
+        yield from (t.reshape(1, *t.shape[-2:]) for t in source.reshape(-1, *source.shape[-2:]))
+        return
+    if hasattr(source, "__getitem__") and hasattr(source, "__len__") and not isinstance(source, list | tuple):
+        for i in range(len(source)):
+            item = source[i]
+            yield item["depth"] if isinstance(item, dict) else item
+        return
+    for item in source:
+        yield item["depth"] if isinstance(item, dict) else item
+
+
+def floor_scenarios(head, scenarios: Sequence[GridScenario], gt_source: Any, metric_cfg: MetricConfig,
+                    bins: int = HIST_BINS) -> dict[str, Any]:
+    """The GT quantization floor of every scenario, plus a histogram of valid GT depths, in one data pass.
+
+    Returns ``{"floors": {label: metrics}, "gt_histogram": {"edges_m", "counts"}}``.
+    """
+    for sc in scenarios:
+        _check_grids(head, sc.grids)
+    accs = {sc.label: MetricAccumulator(metric_cfg) for sc in scenarios}
+    edges = np.geomspace(max(metric_cfg.min_depth, head.min_depth), metric_cfg.max_depth, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    for gt in _gt_maps(gt_source):
+        gt = gt.float().reshape(1, *gt.shape[-2:])
+        counts += np.histogram(gt[0][valid_mask(gt[0], metric_cfg)].double().numpy(), edges)[0]
+        for sc in scenarios:
+            accs[sc.label].add_image(quantized_depth(head, gt.unsqueeze(0), sc.grids)[0], gt)
+    floors = {label: acc.result() for label, acc in accs.items()}
+    if any(f["n_images"] == 0 for f in floors.values()):
+        raise NpuqError(f"ground truth: no frame has a pixel inside ({metric_cfg.min_depth}, "
+                        f"{metric_cfg.max_depth}) m")
+    return {"floors": floors, "gt_histogram": {"edges_m": edges.tolist(), "counts": counts.tolist()}}
+
+
+def gt_quantization_floor(head, grids: OutputGrid | Sequence[OutputGrid | None], gt_source: Any,
+                          metric_cfg: MetricConfig) -> dict[str, float | int]:
+    """Metrics of ``decode(Q(encode(gt)))`` against ``gt``: the abs_rel floor the output quantizer imposes.
+
+    ``grids``: one OutputGrid per head output (a bare OutputGrid for a one-output head).
+    ``gt_source``: a DepthDataset, a [N,1,H,W] tensor, or an iterable of [1,H,W] depth maps (metres).
+    """
+    grids = (grids,) if isinstance(grids, OutputGrid) else tuple(grids)
+    result = floor_scenarios(head, [GridScenario("floor", grids)], gt_source, metric_cfg)
+    return result["floors"]["floor"]
+
+
+def scenario_summary(head, scenario: GridScenario, probe_depths: Sequence[float]) -> dict[str, Any]:
+    """JSON-ready description of one scenario: grids, representable depths, step curve, probe steps."""
+    summary: dict[str, Any] = {
+        "label": scenario.label,
+        "grids": [None if g is None else g.to_dict() for g in scenario.grids],
+        "step_curve": depth_step_curve(head, scenario.grids),
+    }
+    if len(scenario.grids) == 1 and scenario.grids[0] is not None:
+        depths = representable_depths(head, scenario.grids[0])
+        summary.update(n_representable=len(depths), representable_depths_m=depths.tolist(),
+                       nearest_m=float(depths[0]), farthest_m=float(depths[-1]))
+    probes = torch.tensor(probe_depths, dtype=torch.float64).clamp(head.min_depth, head.max_depth)
+    summary["step_at"] = [{"depth_m": float(d), "step_m": float(s), "rel_step": float(s / d)}
+                          for d, s in zip(probes, steps_at(head, probes, scenario.grids), strict=True)]
+    return summary
+
+
+def analyze_representability(head, scenarios: Sequence[GridScenario], gt_source: Any,
+                             metric_cfg: MetricConfig,
+                             probe_depths: Sequence[float] = (0.5, 1.0, 2.0, 5.0, 10.0)) -> dict[str, Any]:
+    """Everything section (c) of the analysis report shows, for each scenario.
+
+    Returns ``{"head", "min_depth", "max_depth", "scenarios": [summary + "floor"], "gt_histogram"}``.
+    """
+    floors = floor_scenarios(head, scenarios, gt_source, metric_cfg)
+    out = []
+    for sc in scenarios:
+        summary = scenario_summary(head, sc, probe_depths)
+        summary["floor"] = floors["floors"][sc.label]
+        out.append(summary)
+    return {"head": head.name, "output_names": list(head.output_names), "min_depth": head.min_depth,
+            "max_depth": head.max_depth, "scenarios": out, "gt_histogram": floors["gt_histogram"]}
+
+
+def default_scenarios(head, sim=None, act_cfg: TensorQuantConfig | None = None) -> list[GridScenario]:
+    """The sim's calibrated output grids (when it quantizes the output) and the full-range grid."""
+    scenarios = []
+    if sim is not None:
+        grids = grids_from_sim(sim, len(head.output_names))
+        if any(g is not None for g in grids):
+            scenarios.append(GridScenario("calibrated", grids))
+        if act_cfg is None:
+            act_cfg = _act_cfg_of(sim)
+    if act_cfg is None:
+        raise NpuqError("representability: need a QuantSim or the profile's activation config")
+    scenarios.append(GridScenario("full range", full_range_grids(head, act_cfg)))
+    return scenarios
+
+
+def _act_cfg_of(sim) -> TensorQuantConfig | None:
+    profile = getattr(sim, "profile", None)
+    return getattr(profile, "activations", None)
