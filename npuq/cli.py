@@ -1,5 +1,277 @@
-"""The npuq command line."""
+"""npuq: simulate a black-box NPU's INT8 PTQ of a depth network, diagnose it, and measure remedies."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from npuq.errors import NpuqError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate the embedded synthetic RGB-D set.")
+profile_app = typer.Typer(no_args_is_help=True, help="NPU profiles: validate and show.")
+app.add_typer(data_app, name="data")
+app.add_typer(profile_app, name="profile")
+
+
+def user_errors(fn):
+    """Turn an NpuqError into one line on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NpuqError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise NpuqError(f"--size {text!r}: expected HxW, e.g. 128x160") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise NpuqError(f"--size {text!r}: height and width must be positive multiples of 32")
+    return h, w
+
+
+def parse_frames(text: str | None) -> slice | None:
+    """``800:1000`` selects frames by index order (splits are by frame index, never random)."""
+    if not text:
+        return None
+    try:
+        start, stop = (int(v) if v else None for v in text.split(":"))
+    except ValueError:
+        raise NpuqError(f"--frames {text!r}: expected START:STOP, e.g. 800:1000") from None
+    return slice(start, stop)
+
+
+def _frame_range(text: str | None) -> tuple[int, int] | None:
+    span = parse_frames(text)
+    if span is None:
+        return None
+    if span.start is None or span.stop is None:
+        raise NpuqError(f"--frames {text!r}: training needs both ends, e.g. 0:800")
+    return span.start, span.stop
+
+
+def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
+    """Print figures as JSON (machine-readable) or as a table."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from npuq.report.tables import print_table
+
+    flat = {k: v for k, v in result.items() if not isinstance(v, dict | list)}
+    print_table([{"metric": k, "value": v} for k, v in flat.items()], ["metric", "value"], title=title)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    n: Annotated[int, typer.Option(help="Number of frames.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    size: Annotated[str, typer.Option(help="Frame size HxW.")] = "128x160",
+    force: ForceOpt = False,
+) -> None:
+    """Write a synthetic RGB-D folder dataset: RGB PNG, 16-bit depth PNG (mm), index.json."""
+    from npuq.data.synthetic import write_synthetic_dataset
+
+    h, w = (int(v) for v in size.lower().split("x"))
+    path = write_synthetic_dataset(out, n=n, seed=seed, size=(h, w), force=force, progress=True)
+    typer.echo(f"wrote {n} frames to {path}")
+
+
+@app.command()
+@user_errors
+def train(
+    data: Annotated[str, typer.Option(help="Dataset folder or synth:n=..,seed=..,size=HxW spec.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (resumable).")],
+    frames: Annotated[str | None, typer.Option(help="Frame range START:STOP of the dataset.")] = None,
+    depth: Annotated[int, typer.Option(help="ResNet depth: 18, 34 or 50.")] = 18,
+    head: Annotated[str, typer.Option(help="Output head.")] = "sigmoid-disp",
+    size: Annotated[str, typer.Option(help="Input size HxW.")] = "128x160",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    loss: Annotated[str, typer.Option(help="l1_inv, silog, berhu or a + combination.")] = "l1_inv+silog",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    init: Annotated[Path | None, typer.Option(help="Checkpoint to fine-tune from.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved at --out.")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Supervised FP32 training (L1 on inverse depth / SILog / BerHu over 4 scales)."""
+    from npuq.train.fp32 import TrainConfig
+    from npuq.train.fp32 import train as run_training
+
+    cfg = TrainConfig(
+        data=data, frames=_frame_range(frames), depth=depth, head=head, size=parse_size(size), steps=steps,
+        batch_size=batch_size, lr=lr, loss=loss, seed=seed, init=str(init) if init else None,
+        out=str(out), resume=resume, force=force,
+    )
+    path = run_training(cfg, progress=not as_json)
+    emit({"checkpoint": str(path), "steps": steps, "seed": seed}, as_json, "training done")
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Float checkpoint.")],
+    data: Annotated[str, typer.Option(help="Dataset folder or synth: spec.")],
+    quant: Annotated[Path | None, typer.Option(help="QuantSim folder (npuq ptq): evaluate INT8.")] = None,
+    frames: Annotated[str | None, typer.Option(help="Frame range START:STOP.")] = None,
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
+    min_depth: Annotated[float, typer.Option(help="Valid GT lower bound (m).")] = 0.1,
+    max_depth: Annotated[float, typer.Option(help="Valid GT upper bound (m).")] = 20.0,
+    crop: Annotated[str | None, typer.Option(help="Evaluation crop: garg.")] = None,
+    median_scaling: Annotated[bool, typer.Option(help="Median-scale predictions.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Depth metrics (abs_rel, sq_rel, rmse, rmse_log, a1-a3) of the FP32 or simulated INT8 model."""
+    from npuq.analysis.metrics import MetricConfig
+    from npuq.pipeline import evaluate_model
+
+    cfg = MetricConfig(min_depth=min_depth, max_depth=max_depth, crop=crop, median_scaling=median_scaling)
+    result = evaluate_model(
+        model, data, metric_cfg=cfg, quant_dir=quant, frames=parse_frames(frames),
+        size=parse_size(size) if size else None, batch_size=batch_size, allow_pickle=allow_pickle,
+        progress=not as_json,
+    )
+    emit(result, as_json, "INT8 (simulated)" if quant else "FP32")
+
+
+@app.command()
+@user_errors
+def ptq(
+    model: Annotated[Path, typer.Option(help="Float checkpoint (what the vendor toolchain gets).")],
+    profile: Annotated[str, typer.Option(help="Profile YAML or shipped name.")] = "npu-default",
+    calib: Annotated[str, typer.Option(help="Calibration pool: dataset folder or synth: spec.")] = "",
+    n_calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
+    calib_list: Annotated[Path | None, typer.Option(help="File listing the calibration frames.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random calibration pick.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder for the QuantSim.")] = Path("quant"),
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate the vendor toolchain: calibrate, clip, correct bias, equalize; save scales + profile."""
+    from npuq.pipeline import run_ptq
+
+    if not calib:
+        raise NpuqError("--calib: a calibration pool (dataset folder or synth: spec) is required")
+    summary = run_ptq(
+        model, profile, calib, n_calib=n_calib, seed=seed, out=out, calib_list=calib_list,
+        size=parse_size(size) if size else None, allow_pickle=allow_pickle, force=force,
+        progress=not as_json,
+    )
+    emit(summary, as_json, "PTQ simulation")
+
+
+@app.command()
+@user_errors
+def analyze(
+    model: Annotated[Path, typer.Option(help="Float checkpoint.")],
+    data: Annotated[str, typer.Option(help="Test data: dataset folder or synth: spec.")],
+    out: Annotated[Path, typer.Option(help="Report folder (report.md, analysis.json, PNG plots).")],
+    quant: Annotated[Path | None, typer.Option(help="QuantSim folder from `npuq ptq`.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Profile, to simulate afresh.")] = None,
+    calib: Annotated[str | None, typer.Option(help="Calibration pool, to simulate afresh.")] = None,
+    n_calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the random calibration pick.")] = 0,
+    frames: Annotated[str | None, typer.Option(help="Frame range START:STOP of the test data.")] = None,
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
+    min_depth: Annotated[float, typer.Option(help="Valid GT lower bound (m).")] = 0.1,
+    max_depth: Annotated[float, typer.Option(help="Valid GT upper bound (m).")] = 20.0,
+    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Diagnose where abs_rel is lost: per-layer SQNR, error budget, output representability."""
+    from npuq.analysis.metrics import MetricConfig
+    from npuq.pipeline import analyze as run
+
+    result = run(
+        model, data, out, MetricConfig(min_depth=min_depth, max_depth=max_depth), quant_dir=quant,
+        profile=profile, calib=calib, n_calib=n_calib, seed=seed, frames=parse_frames(frames),
+        size=parse_size(size) if size else None, allow_pickle=allow_pickle, force=force,
+        progress=not as_json,
+    )
+    emit(result, as_json, f"analysis written to {out}")
+
+
+@app.command()
+@user_errors
+def export(
+    model: Annotated[Path, typer.Option(help="Float checkpoint.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    float_onnx: Annotated[bool, typer.Option("--float-onnx", help="Export the float model.")] = False,
+    onnx_qdq: Annotated[bool, typer.Option("--onnx-qdq", help="Export the QuantSim as ONNX QDQ.")] = False,
+    quant: Annotated[Path | None, typer.Option(help="QuantSim folder (for --onnx-qdq).")] = None,
+    check_data: Annotated[str | None, typer.Option(help="Frames to cross-check ONNX Runtime on.")] = None,
+    n_check: Annotated[int, typer.Option(help="Frames used by the cross-check.")] = 8,
+    size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """ONNX export, cross-checked in ONNX Runtime (QDQ: integer kernels vs the simulator)."""
+    from npuq.pipeline import export_onnx
+
+    if float_onnx == onnx_qdq:
+        raise NpuqError("choose exactly one of --float-onnx and --onnx-qdq")
+    result = export_onnx(
+        model, out, quant_dir=quant, qdq=onnx_qdq, check_data=check_data, n_check=n_check,
+        size=parse_size(size) if size else None, allow_pickle=allow_pickle, force=force,
+    )
+    emit(result, as_json, f"exported {out}")
+
+
+@profile_app.command("show")
+@user_errors
+def profile_show(profile: Annotated[str, typer.Argument(help="Profile YAML or shipped name.")]) -> None:
+    """Validate a profile and print it with all defaults filled in."""
+    from npuq.quant.profile import load_profile
+
+    typer.echo(load_profile(profile).to_yaml(), nl=False)
+
+
+@app.command()
+@user_errors
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data, input and training run.")] = False,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job on the embedded default: data, FP32 model, simulated INT8, diagnosis, summary."""
+    from npuq.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(out=out, force=force) if quick else DemoConfig(out=out, force=force)
+    summary = run_demo(cfg)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except NpuqError as exc:  # raised outside a command body (e.g. while parsing)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -8,9 +8,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
+from export_nets import TinyDepthNet  # noqa: E402
 from onnx import numpy_helper
-from torch import nn
 
 from npuq.errors import NpuqError
 from npuq.export.onnx_export import export_qdq_onnx
@@ -26,44 +25,6 @@ from npuq.quant.sim import simulate_ptq
 
 SIZE = (32, 32)
 N_CONVS = 5  # conv1, conv2, down, up, head conv
-
-
-class TinyHead(nn.Module):
-    def __init__(self, channels: int, two: bool = False):
-        super().__init__()
-        self.output_names = ("disp", "conf") if two else ("disp",)
-        self.pad = nn.ReflectionPad2d(1)
-        self.conv = nn.Conv2d(channels, 1, 3)
-        self.conf = nn.Conv2d(channels, 1, 1) if two else None
-
-    def forward(self, x: torch.Tensor):
-        disp = torch.sigmoid(self.conv(self.pad(x)))
-        return (disp, F.relu(self.conf(x))) if self.conf is not None else disp
-
-
-class TinyDepthNet(nn.Module):
-    """conv-bn-relu, residual add+relu, strided conv, ELU, nearest upsample, concat, sigmoid head."""
-
-    def __init__(self, two_outputs: bool = False):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.up = nn.Conv2d(16, 8, 3, padding=1)
-        self.head = TinyHead(16, two_outputs)
-        generator = torch.Generator().manual_seed(3)
-        with torch.no_grad():
-            self.bn1.running_mean.normal_(0.0, 0.3, generator=generator)
-            self.bn1.running_var.uniform_(0.5, 2.0, generator=generator)
-
-    def forward(self, rgb: torch.Tensor):
-        x = (rgb - 0.45) / 0.225
-        a = F.relu(self.bn1(self.conv1(x)))
-        b = F.relu(self.conv2(a) + a)
-        c = F.elu(self.up(self.down(b)))
-        u = F.interpolate(c, scale_factor=2, mode="nearest")
-        return self.head(torch.cat([u, b], 1))
 
 
 def images(n: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""Baseline PTQ benchmark: FP32 vs simulated INT8 of the reference model, what-if matrix, ORT, cost.
+
+    python bench/baseline_ptq.py [--only synthetic|7scenes] [--skip-matrix]
+
+Uses the reference checkpoints of bench/reference.py (trained first if not cached), 100 random
+calibration images from each training pool (seed 0), and the held-out test frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import Timer, publish
+from reference import RUNS, SIZE, reference_checkpoint
+
+from npuq.analysis.metrics import evaluate
+from npuq.data.calib import random_calibration
+from npuq.data.datasets import open_dataset
+from npuq.pipeline import depth_predictor, load_float_model
+from npuq.quant import simulate_ptq
+from npuq.quant.profile import PROFILE_DIR, load_profile
+
+N_CALIB = 100
+SEED = 0
+SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
+MATRIX_TEST_FRAMES = 200
+
+
+def calibration_pool(name: str):
+    cfg = RUNS[name]["train"]
+    frames = slice(*cfg.frames) if cfg.frames else None
+    return open_dataset(cfg.data, size=SIZE, frames=frames)
+
+
+def preload(dataset, limit: int | None = None) -> list[dict]:
+    """Decode the test frames once; every configuration is scored on exactly these tensors."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    return [dataset[i] for i in range(n)]
+
+
+def int8_abs_rel(model, profile, calib, test, metric) -> tuple[dict, float, object]:
+    with Timer() as t:
+        sim = simulate_ptq(model, profile, calib)
+    return evaluate(depth_predictor(sim, model.head), test, metric), t.seconds, sim
+
+
+def shipped_rows(name, model, calib, test, metric, fp32) -> tuple[list[dict], object]:
+    rows = [{"dataset": name, "model": "FP32", "abs_rel": fp32["abs_rel"], "rmse": fp32["rmse"],
+             "a1": fp32["a1"], "x FP32": 1.0}]
+    default_sim = None
+    for prof_name in SHIPPED:
+        m, _, sim = int8_abs_rel(model, load_profile(prof_name), calib, test, metric)
+        default_sim = sim if prof_name == "npu-default" else default_sim
+        rows.append({"dataset": name, "model": f"INT8 sim ({prof_name})", "abs_rel": m["abs_rel"],
+                     "rmse": m["rmse"], "a1": m["a1"], "x FP32": m["abs_rel"] / fp32["abs_rel"]})
+    return rows, default_sim
+
+
+def what_if_matrix(name, model, calib, test, metric, fp32) -> list[dict]:
+    base = load_profile("npu-default")
+    rows = []
+    for symmetric, method, bc, cle in itertools.product((True, False), ("minmax", "percentile", "mse", "kl"),
+                                                         ("empirical", "off"), (True, False)):
+        act = {"symmetric": symmetric, "range": method}
+        prof = base.replace(activations=act, bias_correction=bc, cle=cle)
+        m, seconds, _ = int8_abs_rel(model, prof, calib, test, metric)
+        rows.append({"activations": "sym int8" if symmetric else "asym uint8", "range": method,
+                     "bias corr": bc, "CLE": "on" if cle else "off", "abs_rel": m["abs_rel"],
+                     "x FP32": m["abs_rel"] / fp32["abs_rel"], "a1": m["a1"], "ptq seconds": seconds})
+    return rows
+
+
+def ort_agreement(sim, model, test) -> dict:
+    from npuq.export.onnx_export import export_qdq_onnx
+    from npuq.export.ort_check import compare_with_sim, fused_integer_ops, integer_op_count
+
+    rgb = torch.stack([item["rgb"] for item in test[:8]])
+    with tempfile.TemporaryDirectory() as tmp:
+        names = list(model.head.output_names)
+        path = export_qdq_onnx(sim, SIZE, Path(tmp) / "model.qdq.onnx", output_names=names)
+        check = compare_with_sim(sim, path, rgb)
+        ops = fused_integer_ops(path)
+    return {"agreement within 1 output step": check["agreement"], "frames": len(rgb),
+            "integer ops in ORT graph": integer_op_count(ops), "QLinearConv": ops.get("QLinearConv", 0)}
+
+
+def cost_rows(model, name, test, metric) -> list[dict]:
+    pool = calibration_pool(name)
+    calib500 = random_calibration(pool, 500, SEED)
+    rows = []
+    for method in ("kl", "mse"):
+        prof = load_profile("npu-default").replace(activations={"range": method})
+        with Timer() as t:
+            sim = simulate_ptq(model, prof, calib500, progress=True)
+        rows.append({"what": f"simulate_ptq, {method} clipping, 500 images {SIZE[0]}x{SIZE[1]}",
+                     "seconds": t.seconds})
+    eval_set = test[:MATRIX_TEST_FRAMES]
+    timings = {}
+    for label, net in (("fp32", model), ("int8-sim", sim)):
+        evaluate(depth_predictor(net, model.head), eval_set[:16], metric)  # warm-up
+        start = time.perf_counter()
+        evaluate(depth_predictor(net, model.head), eval_set, metric)
+        timings[label] = time.perf_counter() - start
+    rows.append({"what": f"FP32 evaluation, {len(eval_set)} frames", "seconds": timings["fp32"]})
+    rows.append({"what": f"INT8-sim evaluation, {len(eval_set)} frames", "seconds": timings["int8-sim"]})
+    rows.append({"what": "INT8-sim / FP32 evaluation time", "seconds": timings["int8-sim"] / timings["fp32"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--skip-matrix", action="store_true")
+    args = parser.parse_args()
+    names = [args.only] if args.only else list(RUNS)
+    context = {"seed": SEED, "calibration": f"{N_CALIB} random frames of each training pool (seed {SEED})",
+               "profiles": str(PROFILE_DIR)}
+    for name in names:
+        ckpt, _ = reference_checkpoint(name)
+        model, _ = load_float_model(ckpt, SIZE)
+        run = RUNS[name]
+        test = preload(open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"]))
+        calib = random_calibration(calibration_pool(name), N_CALIB, SEED)
+        metric = run["metric"]
+        fp32 = evaluate(depth_predictor(model, model.head), test, metric)
+        rows, default_sim = shipped_rows(name, model, calib, test, metric, fp32)
+        ctx = {**context, "checkpoint": ckpt, "test data": run["test"], "test frames": len(test)}
+        publish(f"baseline-{name}", f"FP32 vs simulated INT8, {name}", rows, list(rows[0]), ctx)
+        if name == "synthetic":
+            agreement = ort_agreement(default_sim, model, test)
+            publish("ort-agreement", "ONNX Runtime INT8 (QDQ) vs simulator, DepthResNet-18, npu-default",
+                    [agreement], list(agreement), ctx)
+            cost = cost_rows(model, name, test, metric)
+            publish("ptq-cost", "Cost of the simulation", cost, ["what", "seconds"], ctx)
+            if not args.skip_matrix:
+                matrix_test = test[:MATRIX_TEST_FRAMES]
+                fp32_m = evaluate(depth_predictor(model, model.head), matrix_test, metric)
+                matrix = what_if_matrix(name, model, calib, matrix_test, metric, fp32_m)
+                publish("what-if-synthetic", f"What-if matrix on {len(matrix_test)} synthetic test frames "
+                        f"(FP32 abs_rel {fp32_m['abs_rel']:.4f})", matrix, list(matrix[0]), ctx)
+
+
+if __name__ == "__main__":
+    main()

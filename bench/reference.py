@@ -1,0 +1,96 @@
+"""Reference FP32 benchmark: train DepthResNet-18 and report FP32 metrics and training time.
+
+    python bench/reference.py [--only synthetic|7scenes] [--retrain]
+
+Synthetic: train on the in-memory synthetic set (seed 0), test on a held-out synthetic set (seed 1).
+7-Scenes: train on redkitchen frames 000000-000799, test on 000800-000999 (split by frame index).
+Checkpoints are cached under .npuq-cache/bench/ and reused unless --retrain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from common import CACHE, SEVEN_SCENES, Timer, publish
+
+from npuq.analysis.metrics import MetricConfig
+from npuq.pipeline import evaluate_model
+from npuq.train.fp32 import TrainConfig, train
+
+SIZE = (128, 160)
+RUNS = {
+    "synthetic": {
+        "train": TrainConfig(data="synth:n=20000,seed=0,size=128x160", steps=3000, size=SIZE, seed=0,
+                             out=str(CACHE / "reference-synthetic.pt"), save_every=500),
+        "test": "synth:n=500,seed=1,size=128x160",
+        "test_frames": None,
+        "metric": MetricConfig(min_depth=0.1, max_depth=20.0),
+    },
+    "7scenes": {
+        "train": TrainConfig(data=str(SEVEN_SCENES), frames=(0, 800), steps=2000, size=SIZE, seed=0,
+                             out=str(CACHE / "reference-7scenes.pt"), save_every=500),
+        "test": str(SEVEN_SCENES),
+        "test_frames": slice(800, 1000),
+        "metric": MetricConfig(min_depth=0.1, max_depth=10.0),
+    },
+}
+
+
+def reference_checkpoint(name: str, retrain: bool = False) -> tuple[str, float | None]:
+    """The cached reference checkpoint of ``name``, training it first if needed; (path, train seconds)."""
+    cfg = RUNS[name]["train"]
+    from pathlib import Path
+
+    from npuq.models.checkpoint import load_checkpoint_dict
+
+    path = Path(cfg.out)
+    if path.exists() and not retrain:
+        extra = load_checkpoint_dict(path)["extra"]
+        if extra["train"].get("finished"):
+            return str(path), extra.get("bench_train_seconds")
+        cfg = dataclasses.replace(cfg, resume=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Timer() as t:
+        train(dataclasses.replace(cfg, force=True), progress=True)
+    _record_seconds(path, t.seconds)
+    return str(path), t.seconds
+
+
+def _record_seconds(path, seconds: float) -> None:
+    from npuq.io import save_torch
+    from npuq.models.checkpoint import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(path)
+    ckpt["extra"]["bench_train_seconds"] = seconds
+    save_torch(path, ckpt)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--retrain", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for name, run in RUNS.items():
+        if args.only and name != args.only:
+            continue
+        ckpt, seconds = reference_checkpoint(name, args.retrain)
+        m = evaluate_model(ckpt, run["test"], run["metric"], frames=run["test_frames"], size=SIZE)
+        cfg = run["train"]
+        train_frames = f" frames {cfg.frames[0]}:{cfg.frames[1]}" if cfg.frames else ""
+        test_frames = run["test_frames"]
+        test_frames = f" frames {test_frames.start}:{test_frames.stop}" if test_frames else ""
+        rows.append({"dataset": name, "train data": cfg.data + train_frames,
+                     "test data": run["test"] + test_frames,
+                     "steps x batch": f"{cfg.steps}x{cfg.batch_size}",
+                     "train minutes": round(seconds / 60, 1) if seconds else "cached",
+                     **{k: m[k] for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")},
+                     "test frames": m["n_images"]})
+    publish(f"reference{'-' + args.only if args.only else ''}", "FP32 reference DepthResNet-18 (128x160)",
+            rows, list(rows[0]), {"seed": 0, "loss": RUNS["synthetic"]["train"].loss,
+                                  "lr": RUNS["synthetic"]["train"].lr})
+
+
+if __name__ == "__main__":
+    main()
