@@ -1,6 +1,6 @@
 """Baseline PTQ benchmark: FP32 vs simulated INT8 of the reference model, what-if matrix, ORT, cost.
 
-    python bench/baseline_ptq.py [--only synthetic|7scenes] [--skip-matrix]
+    python bench/baseline_ptq.py [--only synthetic|7scenes] [--parts shipped,ort,cost,matrix]
 
 Uses the reference checkpoints of bench/reference.py (trained first if not cached), 100 random
 calibration images from each training pool (seed 0), and the held-out test frames.
@@ -29,6 +29,7 @@ N_CALIB = 100
 SEED = 0
 SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
 MATRIX_TEST_FRAMES = 200
+PARTS = ("shipped", "ort", "cost", "matrix")  # ort, cost and matrix run on the synthetic model
 
 
 def calibration_pool(name: str):
@@ -49,16 +50,14 @@ def int8_abs_rel(model, profile, calib, test, metric) -> tuple[dict, float, obje
     return evaluate(depth_predictor(sim, model.head), test, metric), t.seconds, sim
 
 
-def shipped_rows(name, model, calib, test, metric, fp32) -> tuple[list[dict], object]:
+def shipped_rows(name, model, calib, test, metric, fp32) -> list[dict]:
     rows = [{"dataset": name, "model": "FP32", "abs_rel": fp32["abs_rel"], "rmse": fp32["rmse"],
              "a1": fp32["a1"], "x FP32": 1.0}]
-    default_sim = None
     for prof_name in SHIPPED:
-        m, _, sim = int8_abs_rel(model, load_profile(prof_name), calib, test, metric)
-        default_sim = sim if prof_name == "npu-default" else default_sim
+        m, _, _ = int8_abs_rel(model, load_profile(prof_name), calib, test, metric)
         rows.append({"dataset": name, "model": f"INT8 sim ({prof_name})", "abs_rel": m["abs_rel"],
                      "rmse": m["rmse"], "a1": m["a1"], "x FP32": m["abs_rel"] / fp32["abs_rel"]})
-    return rows, default_sim
+    return rows
 
 
 def what_if_matrix(name, model, calib, test, metric, fp32) -> list[dict]:
@@ -115,8 +114,9 @@ def cost_rows(model, name, test, metric) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(RUNS))
-    parser.add_argument("--skip-matrix", action="store_true")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of the parts")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     names = [args.only] if args.only else list(RUNS)
     context = {"seed": SEED, "calibration": f"{N_CALIB} random frames of each training pool (seed {SEED})",
                "profiles": str(PROFILE_DIR)}
@@ -128,16 +128,20 @@ def main() -> None:
         calib = random_calibration(calibration_pool(name), N_CALIB, SEED)
         metric = run["metric"]
         fp32 = evaluate(depth_predictor(model, model.head), test, metric)
-        rows, default_sim = shipped_rows(name, model, calib, test, metric, fp32)
         ctx = {**context, "checkpoint": ckpt, "test data": run["test"], "test frames": len(test)}
-        publish(f"baseline-{name}", f"FP32 vs simulated INT8, {name}", rows, list(rows[0]), ctx)
+        if "shipped" in parts:
+            rows = shipped_rows(name, model, calib, test, metric, fp32)
+            publish(f"baseline-{name}", f"FP32 vs simulated INT8, {name}", rows, list(rows[0]), ctx)
         if name == "synthetic":
-            agreement = ort_agreement(default_sim, model, test)
-            publish("ort-agreement", "ONNX Runtime INT8 (QDQ) vs simulator, DepthResNet-18, npu-default",
-                    [agreement], list(agreement), ctx)
-            cost = cost_rows(model, name, test, metric)
-            publish("ptq-cost", "Cost of the simulation", cost, ["what", "seconds"], ctx)
-            if not args.skip_matrix:
+            if "ort" in parts:
+                _, _, default_sim = int8_abs_rel(model, load_profile("npu-default"), calib, test[:8], metric)
+                agreement = ort_agreement(default_sim, model, test)
+                publish("ort-agreement", "ONNX Runtime INT8 (QDQ) vs simulator, DepthResNet-18, npu-default",
+                        [agreement], list(agreement), ctx)
+            if "cost" in parts:
+                cost = cost_rows(model, name, test, metric)
+                publish("ptq-cost", "Cost of the simulation", cost, ["what", "seconds"], ctx)
+            if "matrix" in parts:
                 matrix_test = test[:MATRIX_TEST_FRAMES]
                 fp32_m = evaluate(depth_predictor(model, model.head), matrix_test, metric)
                 matrix = what_if_matrix(name, model, calib, matrix_test, metric, fp32_m)

@@ -15,7 +15,9 @@ from npuq.errors import NpuqError
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate the embedded synthetic RGB-D set.")
 profile_app = typer.Typer(no_args_is_help=True, help="NPU profiles: validate and show.")
+calib_app = typer.Typer(no_args_is_help=True, help="Calibration sets: select frames for the toolchain.")
 app.add_typer(data_app, name="data")
+app.add_typer(calib_app, name="calib")
 app.add_typer(profile_app, name="profile")
 
 
@@ -93,6 +95,37 @@ def data_synth(
     h, w = (int(v) for v in size.lower().split("x"))
     path = write_synthetic_dataset(out, n=n, seed=seed, size=(h, w), force=force, progress=True)
     typer.echo(f"wrote {n} frames to {path}")
+
+
+@calib_app.command("select")
+@user_errors
+def calib_select(
+    pool: Annotated[str, typer.Option(help="Pool of candidate frames: dataset folder or synth: spec.")],
+    n: Annotated[int, typer.Option(help="Frames to select.")],
+    out: Annotated[Path, typer.Option(help="Selected frame list (one name per line).")],
+    strategy: Annotated[str, typer.Option(help="random, stratified or diverse.")] = "diverse",
+    model: Annotated[Path | None, typer.Option(help="FP32 checkpoint (features, size).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Folder for the diversity report.")] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Choose a calibration set; the report compares its coverage with a random pick of the same size."""
+    from npuq.data.calib import select_calibration, write_selection
+    from npuq.data.datasets import open_dataset
+    from npuq.pipeline import load_float_model
+    from npuq.report.calib_report import write_calib_report
+
+    net, size = load_float_model(model) if model else (None, None)
+    dataset = open_dataset(pool, size=size)
+    selection = select_calibration(dataset, n, strategy, seed, model=net, progress=not as_json)
+    write_selection(out, selection, force=force)
+    result: dict[str, Any] = {"out": str(out), "strategy": strategy, "n": len(selection.indices),
+                              "k_center_radius": selection.radius}
+    if report:
+        baseline = select_calibration(dataset, n, "random", seed, stats=selection.stats)
+        result["report"] = write_calib_report(report, dataset, selection, baseline, force=force)
+    emit(result, as_json, f"calibration set written to {out}")
 
 
 @app.command()
@@ -222,6 +255,9 @@ def export(
     model: Annotated[Path, typer.Option(help="Float checkpoint.")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
     float_onnx: Annotated[bool, typer.Option("--float-onnx", help="Export the float model.")] = False,
+    calib_set: Annotated[Path | None, typer.Option(help="Hand-off: frame list (calib select).")] = None,
+    calib: Annotated[str | None, typer.Option(help="Hand-off: the calibration pool.")] = None,
+    n_calib: Annotated[int, typer.Option(help="Hand-off: random frames when no --calib-set.")] = 100,
     onnx_qdq: Annotated[bool, typer.Option("--onnx-qdq", help="Export the QuantSim as ONNX QDQ.")] = False,
     quant: Annotated[Path | None, typer.Option(help="QuantSim folder (for --onnx-qdq).")] = None,
     check_data: Annotated[str | None, typer.Option(help="Frames to cross-check ONNX Runtime on.")] = None,
@@ -236,11 +272,49 @@ def export(
 
     if float_onnx == onnx_qdq:
         raise NpuqError("choose exactly one of --float-onnx and --onnx-qdq")
+    if float_onnx and (calib or calib_set):
+        from npuq.export.handoff import export_handoff
+
+        if not calib:
+            raise NpuqError("--calib-set lists frame names: give the pool they come from with --calib")
+        result = export_handoff(model, calib, calib_set, out, n_calib=n_calib, size=parse_size(size) if size
+                                else None, force=force, allow_pickle=allow_pickle, progress=not as_json)
+        emit(result, as_json, f"hand-off written to {out}")
+        return
     result = export_onnx(
         model, out, quant_dir=quant, qdq=onnx_qdq, check_data=check_data, n_check=n_check,
         size=parse_size(size) if size else None, allow_pickle=allow_pickle, force=force,
     )
     emit(result, as_json, f"exported {out}")
+
+
+@app.command("weight-norm")
+@user_errors
+def weight_norm(
+    model: Annotated[Path, typer.Option(help="FP32 checkpoint to fine-tune.")],
+    data: Annotated[str, typer.Option(help="Training data: dataset folder or synth: spec.")],
+    out: Annotated[Path, typer.Option(help="Float checkpoint to write (what the toolchain gets).")],
+    strength: Annotated[float, typer.Option(help="Weight of the range-imbalance penalty.")] = 0.05,
+    steps: Annotated[int, typer.Option(help="Fine-tune steps.")] = 300,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Short fine-tune that balances per-channel weight ranges so per-tensor scales lose less."""
+    from npuq.models.checkpoint import load_checkpoint_dict
+    from npuq.train.weight_norm import WeightNormConfig, finetune_weight_norm
+
+    cfg = WeightNormConfig(strength=strength, steps=steps, lr=lr, seed=seed)
+    path = finetune_weight_norm(model, data, cfg, out, progress=not as_json, force=force,
+                                allow_pickle=allow_pickle)
+    report = load_checkpoint_dict(path)["extra"]["weight_norm"]
+    result: dict[str, Any] = {"checkpoint": str(path)}
+    for when in ("before", "after"):
+        for key in ("imbalance_db", "per_tensor_sqnr_db"):
+            result[f"{key} mean {when}"] = report[when][key]["mean"]
+    emit(result, as_json, "weight normalization")
 
 
 @profile_app.command("show")

@@ -25,14 +25,9 @@ def file_sha256(path: str | Path) -> str:
 
 def training_size(model_path: str | Path) -> tuple[int, int]:
     """The input size the checkpoint was trained at, or the default for foreign checkpoints."""
-    from npuq.models.checkpoint import load_checkpoint_dict
+    from npuq.train.fp32 import stored_training_size
 
-    try:
-        ckpt = load_checkpoint_dict(model_path)
-    except NpuqError:
-        return DEFAULT_SIZE
-    size = ckpt.get("extra", {}).get("train", {}).get("config", {}).get("size")
-    return tuple(size) if size else DEFAULT_SIZE
+    return stored_training_size(model_path) or DEFAULT_SIZE
 
 
 def load_float_model(model_path: str | Path, size: tuple[int, int] | None = None,
@@ -58,18 +53,14 @@ def depth_predictor(net: nn.Module, head: nn.Module) -> Callable[[torch.Tensor],
 
 def load_calibration(calib: str, size: tuple[int, int], n_calib: int, seed: int,
                      calib_list: str | Path | None = None) -> torch.Tensor:
-    from npuq.data.calib import random_calibration, stack_rgb
+    """Calibration RGB [N,3,H,W]: the frames listed in ``calib_list``, else ``n_calib`` random ones."""
+    from npuq.data.calib import random_calibration, read_selection, stack_rgb
     from npuq.data.datasets import open_dataset
 
     pool = open_dataset(calib, size=size)
     if calib_list is None:
         return random_calibration(pool, n_calib, seed)
-    names = [ln.strip() for ln in Path(calib_list).read_text().splitlines() if ln.strip()]
-    by_name = {name: i for i, name in enumerate(pool.names)}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise NpuqError(f"{calib_list}: {len(missing)} frames not in {calib} (first: {missing[0]})")
-    return stack_rgb(pool, [by_name[n] for n in names])
+    return stack_rgb(pool, read_selection(calib_list, pool))
 
 
 def run_ptq(model_path: str | Path, profile: str, calib: str, n_calib: int, seed: int, out: str | Path,
