@@ -16,6 +16,7 @@ STEPS = [
     ["bench_synth.py"],
     ["reference.py"],
     ["baseline_ptq.py"],
+    ["make_readme.py"],
 ]
 
 

@@ -1,0 +1,41 @@
+"""Assemble bench/README.md from bench/results/*.md, so every figure there is one the code printed.
+
+    python bench/make_readme.py
+"""
+
+from __future__ import annotations
+
+from common import REPO, RESULTS, write_text
+
+INTRO = """# Benchmarks
+
+Every table below is written by the benchmark scripts into `bench/results/` (JSON + markdown) and
+copied here by `python bench/make_readme.py`. Each table lists the exact command, the data, the seed
+and the machine. `make bench` runs all of them (`python bench/run_all.py`); each script can also be
+run alone from the `bench/` folder. Timings come from this project's 2-core CPU machine and depend on
+what else it was running; the accuracy figures do not.
+"""
+
+SECTIONS = [
+    ("Synthetic data generator", "synth", "python bench/bench_synth.py"),
+    ("FP32 reference model: synthetic", "reference-synthetic", "python bench/reference.py --only synthetic"),
+    ("FP32 reference model: 7-Scenes", "reference-7scenes", "python bench/reference.py --only 7scenes"),
+    ("Baseline PTQ: synthetic", "baseline-synthetic", "python bench/baseline_ptq.py --only synthetic"),
+    ("Baseline PTQ: 7-Scenes", "baseline-7scenes", "python bench/baseline_ptq.py --only 7scenes"),
+    ("ONNX Runtime check", "ort-agreement", "python bench/baseline_ptq.py --only synthetic --parts ort"),
+    ("Cost of the simulation", "ptq-cost", "python bench/baseline_ptq.py --only synthetic --parts cost"),
+    ("What-if matrix", "what-if-synthetic", "python bench/baseline_ptq.py --only synthetic --parts matrix"),
+]
+
+
+def main() -> None:
+    parts = [INTRO]
+    for title, name, command in SECTIONS:
+        result = RESULTS / f"{name}.md"
+        body = result.read_text() if result.exists() else "_not run yet_\n"
+        parts.append(f"## {title}\n\n`{command}`\n\n{body}")
+    write_text(REPO / "bench" / "README.md", "\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
