@@ -76,6 +76,8 @@ def emit(result: dict[str, Any], as_json: bool, title: str) -> None:
     print_table([{"metric": k, "value": v} for k, v in flat.items()], ["metric", "value"], title=title)
 
 
+LOSS_HELP = ("l1_inv, silog, berhu, a + combination of them, or head: the head's own loss "
+             "(default for heads other than sigmoid-disp).")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
@@ -140,7 +142,7 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    loss: Annotated[str, typer.Option(help="l1_inv, silog, berhu or a + combination.")] = "l1_inv+silog",
+    loss: Annotated[str | None, typer.Option(help=LOSS_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     init: Annotated[Path | None, typer.Option(help="Checkpoint to fine-tune from.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved at --out.")] = False,
@@ -151,9 +153,10 @@ def train(
     from npuq.train.fp32 import TrainConfig
     from npuq.train.fp32 import train as run_training
 
+    default_loss = "l1_inv+silog" if head == "sigmoid-disp" else "head"
     cfg = TrainConfig(
         data=data, frames=_frame_range(frames), depth=depth, head=head, size=parse_size(size), steps=steps,
-        batch_size=batch_size, lr=lr, loss=loss, seed=seed, init=str(init) if init else None,
+        batch_size=batch_size, lr=lr, loss=loss or default_loss, seed=seed, init=str(init) if init else None,
         out=str(out), resume=resume, force=force,
     )
     path = run_training(cfg, progress=not as_json)

@@ -313,3 +313,57 @@ def default_scenarios(head, sim=None, act_cfg: TensorQuantConfig | None = None) 
 def _act_cfg_of(sim) -> TensorQuantConfig | None:
     profile = getattr(sim, "profile", None)
     return getattr(profile, "activations", None)
+
+
+# -- int-frac: integer parts misassigned by the output grid -------------------------------------------
+
+
+def _mean_error(error: Tensor, chosen: Tensor) -> tuple[float, float]:
+    if not bool(chosen.any()):
+        return math.nan, math.nan
+    return float(error[chosen].mean()), float(error[chosen].max())
+
+
+def int_frac_misassignment(head, gt: Tensor, grids: Sequence[OutputGrid | None],
+                           outputs: Sequence[Tensor] | None = None) -> dict[str, float | int]:
+    """How often the INT8 grid of the ``int-frac`` integer output changes the whole metres the host reads.
+
+    ``outputs``: the head's float (integer, fraction) outputs, the same shape as ``gt`` (e.g. the float
+    model's, or the QuantSim's with its output quantizers disabled); default ``head.encode(gt)``, the
+    exact targets, where only a grid step near 1 or clipping can misassign. ``grids``: one per output
+    (e.g. ``grids_from_sim(sim, 2)`` or ``full_range_grids``). Pixels with finite ``gt > 0`` count.
+
+    Returns counts and shares of valid pixels:
+
+    - ``misassigned``: round(Q(integer)) != round(integer), the integer part the quantizer flips;
+      ``misassigned_mean_error_m`` / ``_max_error_m``: |decode(Q(outputs)) - gt| on those pixels;
+    - ``wrong_integer``: round(Q(integer)) != floor(gt) after quantization, and its errors likewise;
+    - ``float_wrong_integer``: round(integer) != floor(gt) before quantization (the network's own
+      misassignment, for comparison). Errors are NaN when no pixel is in the group.
+    """
+    if not hasattr(head, "integer_level") or len(head.output_names) != 2:
+        raise NpuqError(f"int_frac_misassignment: head {head.name!r} is not an integer/fraction head")
+    _check_grids(head, grids)
+    with torch.no_grad():
+        target_int = head.encode(gt)[0]
+        outputs = tuple(head.encode(gt)) if outputs is None else tuple(outputs)
+        if any(o.shape != gt.shape for o in outputs):
+            shapes = [list(o.shape) for o in outputs]
+            raise NpuqError(f"int_frac_misassignment: outputs {shapes} do not match GT {list(gt.shape)}")
+        quantized = quantize_outputs(outputs, grids)
+        float_int, quant_int = head.integer_level(outputs[0]), head.integer_level(quantized[0])
+        error = (head.decode(quantized) - gt).abs().double()
+    valid = (gt > 0) & torch.isfinite(gt)
+    n = int(valid.sum())
+    groups = {"misassigned": quant_int != float_int, "wrong_integer": quant_int != target_int}
+    result: dict[str, float | int] = {"n_pixels": n}
+    for key, chosen in groups.items():
+        chosen = chosen & valid
+        count = int(chosen.sum())
+        result[key] = count
+        result[f"{key}_share"] = count / n if n else math.nan
+        result[f"{key}_mean_error_m"], result[f"{key}_max_error_m"] = _mean_error(error, chosen)
+    float_wrong = int(((float_int != target_int) & valid).sum())
+    result["float_wrong_integer"] = float_wrong
+    result["float_wrong_integer_share"] = float_wrong / n if n else math.nan
+    return result

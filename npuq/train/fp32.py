@@ -30,6 +30,7 @@ from npuq.io import check_writable
 from npuq.train.losses import multiscale_loss, parse_loss
 
 SAMPLER_STREAM, AUGMENT_STREAM = 1, 2
+HEAD_LOSS = "head"  # each head's own loss on its own targets (npuq.train.head_losses)
 # Resuming with a different value of any of these would not replay the same run.
 RUN_DEFINING_FIELDS = (
     "data", "frames", "depth", "head", "size", "batch_size", "steps", "lr", "weight_decay", "warmup_frac",
@@ -75,7 +76,8 @@ class TrainConfig:
             raise NpuqError(f"train config: steps, batch_size and save_every must be positive ({self})")
         if self.size[0] % 32 or self.size[1] % 32:
             raise NpuqError(f"train config: size {self.size} must be multiples of 32")
-        parse_loss(self.loss)
+        if self.loss != HEAD_LOSS:
+            parse_loss(self.loss)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -275,7 +277,12 @@ def _run_steps(cfg: TrainConfig, state: _RunState, dataset: Any, progress: bool)
 
 def _train_step(cfg: TrainConfig, state: _RunState, dataset: Any) -> None:
     rgb, depth = load_batch(dataset, cfg, state.step)
-    loss = multiscale_loss(scale_depths(state.model, rgb), depth, cfg.loss)
+    if cfg.loss == HEAD_LOSS:
+        from npuq.train.head_losses import head_loss
+
+        loss = head_loss(state.model.head, state.model(rgb), depth)
+    else:
+        loss = multiscale_loss(scale_depths(state.model, rgb), depth, cfg.loss)
     if not torch.isfinite(loss):
         raise NpuqError(f"{cfg.out}: training diverged at step {state.step} (loss {loss.item()}); lower lr")
     state.optimizer.zero_grad(set_to_none=True)
