@@ -312,7 +312,9 @@ class QuantLayerMixin:
     def _quantized_bias(self) -> torch.Tensor | None:
         wq, iq = self.weight_quantizer, self.input_quantizer
         bias = self.bias
-        if self.bias_correction is not None:
+        # The correction was measured with this layer's input quantized; in any other state (an error
+        # budget that keeps activations in float) it would correct an error that is not there.
+        if self.bias_correction is not None and (iq is None or iq.active):
             bias = -self.bias_correction if bias is None else bias - self.bias_correction
         if bias is None:
             return None
