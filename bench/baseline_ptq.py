@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import Timer, publish
+from common import RESULTS, Timer, publish
 from reference import RUNS, SIZE, reference_checkpoint
 
 from npuq.analysis.metrics import evaluate
@@ -29,7 +29,8 @@ N_CALIB = 100
 SEED = 0
 SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
 MATRIX_TEST_FRAMES = 200
-PARTS = ("shipped", "ort", "cost", "matrix")  # ort, cost and matrix run on the synthetic model
+PARTS = ("shipped", "ort", "cost", "matrix", "analyze")  # all but shipped run on the synthetic model
+ANALYSIS_DIR = RESULTS / "analysis-synthetic"
 
 
 def calibration_pool(name: str):
@@ -111,6 +112,17 @@ def cost_rows(model, name, test, metric) -> list[dict]:
     return rows
 
 
+def run_analyze(ckpt: str, run: dict) -> None:
+    """`npuq analyze` on the reference model: npu-default, 100 random calibration frames, 200 test frames."""
+    from npuq.pipeline import analyze
+
+    cfg = run["train"]
+    test = "synth:n=200,seed=1,size=128x160"
+    result = analyze(ckpt, test, ANALYSIS_DIR, run["metric"], profile="npu-default", calib=cfg.data,
+                     n_calib=N_CALIB, seed=SEED, size=SIZE, force=True, progress=True)
+    print(f"analysis report: {result['out_dir']}/report.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(RUNS))
@@ -141,6 +153,8 @@ def main() -> None:
             if "cost" in parts:
                 cost = cost_rows(model, name, test, metric)
                 publish("ptq-cost", "Cost of the simulation", cost, ["what", "seconds"], ctx)
+            if "analyze" in parts:
+                run_analyze(ckpt, run)
             if "matrix" in parts:
                 matrix_test = test[:MATRIX_TEST_FRAMES]
                 fp32_m = evaluate(depth_predictor(model, model.head), matrix_test, metric)

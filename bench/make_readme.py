@@ -16,6 +16,15 @@ run alone from the `bench/` folder. Timings come from this project's 2-core CPU 
 what else it was running; the accuracy figures do not.
 """
 
+ANALYSIS = """## Diagnosis of the synthetic reference model
+
+`python bench/baseline_ptq.py --only synthetic --parts analyze` runs the same as
+`npuq analyze --model .npuq-cache/bench/reference-synthetic.pt --profile npu-default
+--calib synth:n=20000,seed=0,size=128x160 --n-calib 100 --data synth:n=200,seed=1,size=128x160 --out DIR`
+and writes [results/analysis-synthetic/report.md](results/analysis-synthetic/report.md) with its plots
+and JSON.
+"""
+
 SECTIONS = [
     ("Synthetic data generator", "synth", "python bench/bench_synth.py"),
     ("FP32 reference model: synthetic", "reference-synthetic", "python bench/reference.py --only synthetic"),
@@ -34,6 +43,9 @@ def main() -> None:
         result = RESULTS / f"{name}.md"
         body = result.read_text() if result.exists() else "_not run yet_\n"
         parts.append(f"## {title}\n\n`{command}`\n\n{body}")
+    report = RESULTS / "analysis-synthetic" / "report.md"
+    if report.exists():
+        parts.append(ANALYSIS)
     write_text(REPO / "bench" / "README.md", "\n".join(parts))
 
 
