@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,16 @@ def check_writable(path: str | Path, force: bool) -> Path:
     if path.exists() and not force:
         raise NpuqError(f"{path}: already exists; pass --force to overwrite")
     return path
+
+
+def check_folder_writable(folder: str | Path, names: Iterable[str], force: bool) -> Path:
+    """Refuse, before any work, to overwrite any of ``names`` inside ``folder`` without ``force``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NpuqError(f"{folder}: exists and is not a folder")
+    for name in names:
+        check_writable(folder / name, force)
+    return folder
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], force: bool = True) -> Path:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,7 @@ import torch
 
 from npuq.errors import NpuqError
 from npuq.io import write_text
+from npuq.models.modes import eval_mode
 
 STRATEGIES = ("random", "stratified", "diverse")
 BRIGHTNESS_BINS = 3
@@ -185,7 +186,7 @@ def pool_stats(pool, model: torch.nn.Module | None = None, progress: bool = Fals
     edges = depth_bin_edges()
     photometric, hists, sources, features = [], [], [], []
     context, advance = _progress(progress, len(pool), "describing calibration pool")
-    with context, torch.no_grad(), _eval_mode(model):
+    with context, torch.no_grad(), eval_mode(model):
         for items in _batches(pool, FEATURE_BATCH):
             rgb = torch.stack([item["rgb"] for item in items])
             photometric.append(luma_stats(rgb))
@@ -206,19 +207,6 @@ def pool_stats(pool, model: torch.nn.Module | None = None, progress: bool = Fals
 def _families(pool) -> list[str | None]:
     meta = getattr(pool, "meta", None) or [{}] * len(pool)
     return [m.get("family") if isinstance(m.get("family"), str) else None for m in meta]
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module | None) -> Iterator[None]:
-    """Put the model (if any) in eval mode for the block and restore its mode afterwards."""
-    was_training = bool(model is not None and model.training)
-    if model is not None:
-        model.eval()
-    try:
-        yield
-    finally:
-        if model is not None:
-            model.train(was_training)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

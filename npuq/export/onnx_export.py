@@ -9,11 +9,10 @@ builds on.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import nn
 
 from npuq.errors import NpuqError
 from npuq.io import atomic_write, check_writable
+from npuq.models.modes import eval_mode
 
 OPSET = 17
 INPUT_NAME = "rgb"
@@ -55,17 +55,6 @@ def example_input(input_size: tuple[int, int]) -> torch.Tensor:
     """A fixed RGB image in [0, 1] for tracing (the values do not shape the graph)."""
     h, w = check_input_size(input_size)
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def count_outputs(model: nn.Module, rgb: torch.Tensor) -> int:

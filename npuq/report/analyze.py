@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from npuq.errors import NpuqError
-from npuq.io import atomic_write, check_writable, write_json, write_text
+from npuq.io import atomic_write, check_folder_writable, write_json, write_text
 
 REPORT_MD = "report.md"
 ANALYSIS_JSON = "analysis.json"
@@ -418,12 +418,7 @@ def json_ready(obj: Any) -> Any:
 
 def check_report_writable(out_dir: str | Path, force: bool) -> Path:
     """Refuse before any work when a report is already in ``out_dir`` and ``force`` is off."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NpuqError(f"{out_dir}: exists and is not a folder")
-    for name in REPORT_FILES:
-        check_writable(out_dir / name, force)
-    return out_dir
+    return check_folder_writable(out_dir, REPORT_FILES, force)
 
 
 def write_analysis_report(out_dir: str | Path, sqnr_rows: Sequence[dict[str, Any]] | None,

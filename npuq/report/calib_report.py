@@ -29,7 +29,7 @@ import numpy as np
 
 from npuq.data.calib import Selection, kcenter_radius, nearest_pick_distance
 from npuq.errors import NpuqError
-from npuq.io import check_writable, write_json, write_text
+from npuq.io import check_folder_writable, write_json, write_text
 from npuq.report.analyze import save_png
 
 FORMAT = "npuq-calib-report/1"
@@ -276,12 +276,8 @@ def _check_inputs(pool, selection: Selection, baseline: Selection) -> None:
 
 
 def check_report_writable(out_dir: str | Path, force: bool) -> Path:
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NpuqError(f"{out_dir}: exists and is not a folder")
-    for name in REPORT_FILES:
-        check_writable(out_dir / name, force)
-    return out_dir
+    """Refuse before any work when a report is already in ``out_dir`` and ``force`` is off."""
+    return check_folder_writable(out_dir, REPORT_FILES, force)
 
 
 def write_calib_report(out_dir: str | Path, pool, selection: Selection, random_baseline: Selection,

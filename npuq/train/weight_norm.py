@@ -48,6 +48,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from npuq.errors import NpuqError
 from npuq.io import check_writable
+from npuq.models.modes import eval_mode
 from npuq.quant.quantizer import IntGrid, fake_quant, scale_zero_point
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
@@ -57,16 +58,6 @@ NP_TO_DB = 20.0 / math.log(10.0)
 
 # --------------------------------------------------------------------------------------------------
 # Folded weights.
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def conv_bn_pairs(model: nn.Module) -> dict[str, str | None]:
@@ -80,7 +71,7 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str | None]:
     modules = dict(model.named_modules())
     pairs: dict[str, str | None] = {name: None for name, m in modules.items() if isinstance(m, WEIGHTED)}
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             gm = fx.symbolic_trace(model)
     except Exception:  # untraceable model: measure raw weights (documented in the module doc)
         return pairs
