@@ -185,7 +185,7 @@ def evaluate(
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_collate)
     acc = MetricAccumulator(cfg)
-    with torch.no_grad(), _progress_bar(progress, len(dataset)) as advance:
+    with torch.no_grad(), progress_bar(progress, len(dataset), "evaluating") as advance:
         for batch in loader:
             names = [str(name) for name in batch["name"]]
             _check_finite(batch["rgb"], names, dataset)
@@ -203,7 +203,7 @@ def evaluate(
 
 
 @contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+def progress_bar(enabled: bool, total: int | None, description: str) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``: a rich progress bar when enabled, a no-op otherwise."""
     if not enabled:
         yield lambda n: None
@@ -211,5 +211,5 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
     from rich.progress import Progress
 
     with Progress() as bar:
-        task = bar.add_task("evaluating", total=total)
+        task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)

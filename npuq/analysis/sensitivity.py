@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from npuq.analysis.budget import activation_stages, only_quantizing, ordered_quantizers, stage_assigner
+from npuq.analysis.metrics import progress_bar
 from npuq.errors import NpuqError
 
 SECTION_OF_STAGE = {"stem": "encoder", "layer1": "encoder", "layer2": "encoder", "layer3": "encoder",
@@ -156,7 +157,7 @@ def layer_sqnr(sim, rgb_batches: Tensor | Iterable[Tensor], isolated: bool = Tru
     was_training = sim.training
     sim.eval()
     try:
-        with torch.no_grad(), _bar(progress) as advance:
+        with torch.no_grad(), progress_bar(progress, None, "per-layer SQNR") as advance:
             for rgb in rgb_batches_of(rgb_batches, batch_size):
                 refs = _float_pass(sim, rgb, keys, configured, sums, isolated)
                 _quant_pass(sim, rgb, keys, refs, sums)
@@ -191,15 +192,3 @@ def _maybe_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-@contextmanager
-def _bar(enabled: bool) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        task = bar.add_task("per-layer SQNR", total=None)
-        yield lambda n: bar.advance(task, n)
