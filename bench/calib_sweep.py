@@ -1,0 +1,178 @@
+"""Calibration sweep: does the size or the diversity of the calibration set change INT8 abs_rel?
+
+    python bench/calib_sweep.py [--only synthetic|7scenes]
+
+For each reference model (bench/reference.py): simulate the toolchain (npu-default) with calibration
+sets of {50, 100, 200, 500} frames picked by random, stratified and diverse selection from the same
+pool, 3 seeds each, and score INT8 abs_rel on the held-out test frames. Also records each activation
+quantizer's clipping threshold (KL under npu-default) to show how much it moves with size and seed.
+
+Pools: synthetic = frames 0-1999 of the training set; 7-Scenes = the training frames 0-799.
+``diverse`` (k-center greedy) does not depend on the seed: it is run once per size (std 0 by construction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, Timer, publish
+from reference import RUNS, SIZE, reference_checkpoint
+
+from npuq.analysis.metrics import evaluate, progress_bar
+from npuq.data.calib import pool_stats, select_calibration, stack_rgb
+from npuq.data.datasets import open_dataset
+from npuq.pipeline import depth_predictor, load_float_model
+from npuq.quant import simulate_ptq
+from npuq.quant.profile import load_profile
+
+SIZES = (50, 100, 200, 500)
+STRATEGIES = ("random", "stratified", "diverse")
+SEEDS = (0, 1, 2)
+PROFILE = "npu-default"
+POOLS = {"synthetic": slice(0, 2000), "7scenes": slice(0, 800)}
+TEST_FRAMES = 200
+
+
+def sweep_runs() -> list[tuple[str, int, int]]:
+    return [(strategy, n, seed) for strategy in STRATEGIES for n in SIZES
+            for seed in (SEEDS if strategy != "diverse" else SEEDS[:1])]
+
+
+def thresholds(sim) -> dict[str, float]:
+    """Each activation quantizer's chosen clipping range width (range_hi - range_lo)."""
+    return {q.name: float(q.range_hi - q.range_lo) for q in sim.quantizers.values()
+            if q.range_hi is not None and q.mode == "int"}
+
+
+def run_dataset(name: str) -> dict:
+    run = RUNS[name]
+    ckpt, _ = reference_checkpoint(name)
+    model, _ = load_float_model(ckpt, SIZE)
+    pool = open_dataset(run["train"].data, size=SIZE, frames=POOLS[name])
+    test_set = open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"])
+    test = [test_set[i] for i in range(min(TEST_FRAMES, len(test_set)))]
+    fp32 = evaluate(depth_predictor(model, model.head), test, run["metric"])["abs_rel"]
+    stats = pool_stats(pool, model, progress=True)
+    profile = load_profile(PROFILE)
+    records = []
+    runs = sweep_runs()
+    with progress_bar(True, len(runs), f"calibration sweep ({name})") as advance:
+        for strategy, n, seed in runs:
+            selection = select_calibration(pool, n, strategy, seed, model=model, stats=stats)
+            with Timer() as t:
+                sim = simulate_ptq(model, profile, stack_rgb(pool, selection.indices), progress=False)
+            m = evaluate(depth_predictor(sim, model.head), test, run["metric"])
+            records.append({"strategy": strategy, "n": n, "seed": seed, "abs_rel": m["abs_rel"],
+                            "radius": selection.radius, "ptq_seconds": t.seconds, "thresholds": thresholds(sim)})
+            advance(1)
+            print(f"{name} {strategy} n={n} seed={seed}: abs_rel {m['abs_rel']:.4f} ({t.seconds:.1f} s)",
+                  flush=True)
+    return {"dataset": name, "checkpoint": ckpt, "fp32": fp32, "pool": f"{run['train'].data} frames "
+            f"{POOLS[name].start}:{POOLS[name].stop}", "test": run["test"], "test_frames": len(test),
+            "records": records}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def abs_rel_rows(result: dict) -> list[dict]:
+    rows = []
+    for strategy in STRATEGIES:
+        row = {"dataset": result["dataset"], "strategy": strategy}
+        for n in SIZES:
+            values = [r["abs_rel"] for r in result["records"] if r["strategy"] == strategy and r["n"] == n]
+            mean, std = mean_std(values)
+            row[f"n={n}"] = f"{mean:.4f} ± {std:.4f}"
+        rows.append(row)
+    return rows
+
+
+def threshold_spread(result: dict) -> list[dict]:
+    """Per quantizer, over random and stratified runs: the relative spread (std / mean) of the clipping
+    width across seeds at each size (averaged over sizes), and how the mean width moves from 50 to 500."""
+    records = [r for r in result["records"] if r["strategy"] != "diverse"]
+    names = list(records[0]["thresholds"])
+    rows = []
+    for q in names:
+        seed_cv, by_size = [], {}
+        for strategy in ("random", "stratified"):
+            for n in SIZES:
+                widths = [r["thresholds"][q] for r in records if r["strategy"] == strategy and r["n"] == n]
+                mean, std = mean_std(widths)
+                seed_cv.append(std / mean if mean > 0 else 0.0)
+                by_size.setdefault(n, []).extend(widths)
+        small, large = statistics.fmean(by_size[SIZES[0]]), statistics.fmean(by_size[SIZES[-1]])
+        rows.append({"dataset": result["dataset"], "quantizer": q,
+                     "seed spread (std/mean)": statistics.fmean(seed_cv),
+                     f"width n={SIZES[0]}": small, f"width n={SIZES[-1]}": large,
+                     f"change {SIZES[0]}->{SIZES[-1]}": (large - small) / small if small > 0 else 0.0})
+    return rows
+
+
+def plot(results: list[dict], spreads: list[list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(6 * len(results), 8), squeeze=False)
+    for col, (result, spread) in enumerate(zip(results, spreads, strict=True)):
+        ax = axes[0, col]
+        for strategy in STRATEGIES:
+            stats = [mean_std([r["abs_rel"] for r in result["records"]
+                               if r["strategy"] == strategy and r["n"] == n]) for n in SIZES]
+            ax.errorbar(SIZES, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                        label=strategy)
+        ax.axhline(result["fp32"], color="k", linestyle="--", label="FP32")
+        ax.set(xscale="log", xticks=SIZES, xticklabels=[str(n) for n in SIZES], xlabel="calibration frames",
+               ylabel="INT8-sim abs_rel", title=f"{result['dataset']}: {PROFILE}")
+        ax.legend()
+        ax = axes[1, col]
+        x = np.arange(len(spread))
+        ax.bar(x, [100 * r["seed spread (std/mean)"] for r in spread], label="seed spread (std/mean)")
+        ax.plot(x, [100 * r[f"change {SIZES[0]}->{SIZES[-1]}"] for r in spread], "r.",
+                label=f"change of mean width {SIZES[0]}->{SIZES[-1]}")
+        ax.set(xlabel="activation quantizer (network order)", ylabel="%",
+               title=f"{result['dataset']}: clipping threshold movement")
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=sorted(RUNS))
+    args = parser.parse_args()
+    names = [args.only] if args.only else list(RUNS)
+    results = [run_dataset(name) for name in names]
+    spreads = [threshold_spread(r) for r in results]
+    suffix = f"-{args.only}" if args.only else ""
+    plot_path = RESULTS / f"calib-sweep{suffix}.png"
+    plot(results, spreads, plot_path)
+    context = {"profile": PROFILE, "seeds": list(SEEDS), "sizes": list(SIZES),
+               "pools": {r["dataset"]: r["pool"] for r in results},
+               "test": {r["dataset"]: f"{r['test']} ({r['test_frames']} frames)" for r in results},
+               "fp32 abs_rel": {r["dataset"]: r["fp32"] for r in results},
+               "plot": plot_path.name, "note": "diverse (k-center greedy) is seed-independent: one run per size"}
+    rows = [row for r in results for row in abs_rel_rows(r)]
+    publish(f"calib-sweep{suffix}", "INT8-sim abs_rel by calibration size and strategy (mean ± std over seeds)",
+            rows, list(rows[0]), context)
+    summary = []
+    for spread in spreads:
+        ordered = sorted(spread, key=lambda r: -r["seed spread (std/mean)"])
+        summary += ordered[:8]
+    publish(f"calib-thresholds{suffix}", "Clipping thresholds (KL): the 8 quantizers that move most with the seed",
+            summary, list(summary[0]), {**context, "all quantizers": "calib-sweep records in JSON"})
+    from npuq.io import write_json
+
+    write_json(RESULTS / f"calib-sweep-records{suffix}.json", {"results": results, "spreads": spreads})
+
+
+if __name__ == "__main__":
+    main()
