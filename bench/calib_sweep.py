@@ -66,7 +66,8 @@ def run_dataset(name: str) -> dict:
                 sim = simulate_ptq(model, profile, stack_rgb(pool, selection.indices), progress=False)
             m = evaluate(depth_predictor(sim, model.head), test, run["metric"])
             records.append({"strategy": strategy, "n": n, "seed": seed, "abs_rel": m["abs_rel"],
-                            "radius": selection.radius, "ptq_seconds": t.seconds, "thresholds": thresholds(sim)})
+                            "radius": selection.radius, "ptq_seconds": t.seconds,
+                            "thresholds": thresholds(sim)})
             advance(1)
             print(f"{name} {strategy} n={n} seed={seed}: abs_rel {m['abs_rel']:.4f} ({t.seconds:.1f} s)",
                   flush=True)
@@ -159,16 +160,19 @@ def main() -> None:
                "pools": {r["dataset"]: r["pool"] for r in results},
                "test": {r["dataset"]: f"{r['test']} ({r['test_frames']} frames)" for r in results},
                "fp32 abs_rel": {r["dataset"]: r["fp32"] for r in results},
-               "plot": plot_path.name, "note": "diverse (k-center greedy) is seed-independent: one run per size"}
+               "plot": plot_path.name,
+               "note": "diverse (k-center greedy) is seed-independent: one run per size"}
     rows = [row for r in results for row in abs_rel_rows(r)]
-    publish(f"calib-sweep{suffix}", "INT8-sim abs_rel by calibration size and strategy (mean ± std over seeds)",
-            rows, list(rows[0]), context)
+    publish(f"calib-sweep{suffix}",
+            "INT8-sim abs_rel by calibration size and strategy (mean ± std over seeds)", rows,
+            list(rows[0]), context)
     summary = []
     for spread in spreads:
         ordered = sorted(spread, key=lambda r: -r["seed spread (std/mean)"])
         summary += ordered[:8]
-    publish(f"calib-thresholds{suffix}", "Clipping thresholds (KL): the 8 quantizers that move most with the seed",
-            summary, list(summary[0]), {**context, "all quantizers": "calib-sweep records in JSON"})
+    publish(f"calib-thresholds{suffix}",
+            "Clipping thresholds (KL): the 8 quantizers that move most with the seed", summary,
+            list(summary[0]), {**context, "all quantizers": "calib-sweep records in JSON"})
     from npuq.io import write_json
 
     write_json(RESULTS / f"calib-sweep-records{suffix}.json", {"results": results, "spreads": spreads})

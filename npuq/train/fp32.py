@@ -137,11 +137,18 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def _load_init_weights(model: torch.nn.Module, init: str) -> None:
+    """Start from ``init``'s weights. When its head differs from the configured one (fine-tuning the
+    reference into another output encoding), the encoder and decoder are taken and the new head's
+    layers keep their fresh initialisation: the old head's weights mean something else."""
     from npuq.models.checkpoint import load_model
 
     source = load_model(init)
+    state = source.state_dict()
+    if source.config.head != model.config.head:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
     try:
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise NpuqError(f"{init}: weights do not fit the configured model ({first})") from None

@@ -180,3 +180,18 @@ def test_evaluate_checkpoint_uses_stored_size_and_returns_all_metrics(tmp_path):
     assert set(METRIC_NAMES) <= set(result)
     assert result["n_images"] + result["n_skipped"] == 4
     assert all(result[name] == result[name] for name in METRIC_NAMES)  # not NaN
+
+
+def test_fine_tune_into_another_head_keeps_trunk_and_initialises_the_new_head(tmp_path):
+    ref = train(tiny(tmp_path / "ref.pt", steps=1), progress=False)
+    torch.manual_seed(123)
+    model = build_model(tiny(tmp_path / "x.pt", head="int-frac", init=str(ref), loss="head"))
+    torch.manual_seed(123)
+    fresh = build_model(tiny(tmp_path / "y.pt", head="int-frac", loss="head"))
+    source = saved(ref)["state_dict"]
+    state, fresh_state = model.state_dict(), fresh.state_dict()
+    trunk = [k for k in state if not k.startswith("head.")]
+    assert trunk and all(torch.equal(state[k], source[k]) for k in trunk)
+    assert all(torch.equal(state[k], fresh_state[k]) for k in state if k.startswith("head."))
+    same_head = build_model(tiny(tmp_path / "z.pt", init=str(ref))).state_dict()
+    assert all(torch.equal(same_head[k], source[k]) for k in source)

@@ -1,0 +1,91 @@
+"""Output heads on equal terms (Phase 2): sigmoid-disp, int-frac, coarse-residual, log-depth.
+
+    python bench/heads.py [--only synthetic|7scenes] [--steps 400] [--qaf-steps 100]
+
+Each head is fine-tuned from the FP32 reference of bench/reference.py with the same budget, data and
+seed (npuq.train.head_finetune: FP32 fine-tune on the head's own loss, then a fake-quant fine-tune
+through the npu-default QuantSim), saved as a float checkpoint, and scored with a FRESH simulate_ptq
+under npu-default and npu-asym with the same 100 random calibration frames (seed 0) as the baseline.
+Checkpoints are cached under .npuq-cache/bench/heads/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from common import CACHE, publish
+from reference import RUNS, SIZE, reference_checkpoint
+
+from npuq.analysis.head_compare import measure_head
+from npuq.data.calib import random_calibration
+from npuq.data.datasets import open_dataset
+from npuq.models.checkpoint import load_checkpoint_dict, load_model
+from npuq.quant.profile import load_profile
+from npuq.train.head_finetune import HeadFinetuneConfig, config_dict, finetune_head
+
+HEADS = ("sigmoid-disp", "int-frac", "coarse-residual", "log-depth")
+PROFILES = ("npu-default", "npu-asym")
+N_CALIB, SEED = 100, 0
+
+
+def head_checkpoint(name: str, cfg: HeadFinetuneConfig, reference: str, calib) -> str:
+    path = CACHE / "heads" / f"{name}-{cfg.head}.pt"
+    if path.exists() and load_checkpoint_dict(path)["extra"].get("head_finetune") == config_dict(cfg):
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finetune_head(reference, cfg, calib, path, force=True, progress=True)
+    from npuq.io import save_torch
+
+    ckpt = load_checkpoint_dict(path)
+    ckpt["extra"]["head_finetune"] = config_dict(cfg)
+    save_torch(path, ckpt)
+    return str(path)
+
+
+def run_dataset(name: str, steps: int, qaf_steps: int) -> list[dict]:
+    run = RUNS[name]
+    reference, _ = reference_checkpoint(name)
+    tcfg = run["train"]
+    pool = open_dataset(tcfg.data, size=SIZE, frames=slice(*tcfg.frames) if tcfg.frames else None)
+    calib = random_calibration(pool, N_CALIB, SEED)
+    test_set = open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"])
+    test = [test_set[i] for i in range(len(test_set))]
+    profiles = {p: load_profile(p) for p in PROFILES}
+    reference_model = load_model(reference).eval()
+    rows = [{"dataset": name, "model": "reference (no fine-tune)",
+             **measure_head(reference_model, profiles, calib, test, run["metric"])}]
+    for head in HEADS:
+        cfg = HeadFinetuneConfig(head=head, data=tcfg.data, frames=tcfg.frames, size=SIZE, steps=steps,
+                                 qaf_steps=qaf_steps, seed=SEED)
+        ckpt = head_checkpoint(name, cfg, reference, calib)
+        row = measure_head(load_model(ckpt).eval(), profiles, calib, test, run["metric"])
+        rows.append({"dataset": name, "model": f"{head} (fine-tuned)", **row})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--qaf-steps", type=int, default=100)
+    args = parser.parse_args()
+    for name in [args.only] if args.only else list(RUNS):
+        rows = run_dataset(name, args.steps, args.qaf_steps)
+        for row in rows:
+            row["x FP32 (npu-default)"] = row["int8 npu-default"] / row["fp32"]
+            row.setdefault("integer_flip_share", "n/a")
+        columns = ["model", "fp32", "int8 npu-default", "int8 npu-asym", "x FP32 (npu-default)",
+                   "output floor", "integer_flip_share"]
+        cfg = dataclasses.asdict(HeadFinetuneConfig(head="*", data=RUNS[name]["train"].data, steps=args.steps,
+                                                    qaf_steps=args.qaf_steps))
+        publish(f"heads-{name}", f"Output heads on equal terms, {name} (abs_rel)", rows, columns,
+                {"seed": SEED, "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",
+                 "test data": RUNS[name]["test"], "fine-tune": cfg,
+                 "integer_flip_share": "share of output pixels whose integer part INT8 reads differently "
+                                       "from FP32 (int-frac only, npu-default, first 16 test frames)"})
+
+
+if __name__ == "__main__":
+    main()
