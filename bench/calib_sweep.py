@@ -14,6 +14,7 @@ Pools: synthetic = frames 0-1999 of the training set; 7-Scenes = the training fr
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -24,9 +25,11 @@ from reference import RUNS, SIZE, reference_checkpoint
 from npuq.analysis.metrics import evaluate, progress_bar
 from npuq.data.calib import pool_stats, select_calibration, stack_rgb
 from npuq.data.datasets import open_dataset
+from npuq.io import write_json
 from npuq.pipeline import depth_predictor, load_float_model
 from npuq.quant import simulate_ptq
 from npuq.quant.profile import load_profile
+from npuq.report.tables import command_line
 
 SIZES = (50, 100, 200, 500)
 STRATEGIES = ("random", "stratified", "diverse")
@@ -71,9 +74,9 @@ def run_dataset(name: str) -> dict:
             advance(1)
             print(f"{name} {strategy} n={n} seed={seed}: abs_rel {m['abs_rel']:.4f} ({t.seconds:.1f} s)",
                   flush=True)
-    return {"dataset": name, "checkpoint": ckpt, "fp32": fp32, "pool": f"{run['train'].data} frames "
-            f"{POOLS[name].start}:{POOLS[name].stop}", "test": run["test"], "test_frames": len(test),
-            "records": records}
+    pool_name = f"{run['train'].data} frames {POOLS[name].start}:{POOLS[name].stop}"
+    return {"dataset": name, "command": command_line(), "checkpoint": ckpt, "fp32": fp32, "pool": pool_name,
+            "test": run["test"], "test_frames": len(test), "records": records}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -129,8 +132,10 @@ def plot(results: list[dict], spreads: list[list[dict]], path: Path) -> None:
             ax.errorbar(SIZES, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
                         label=strategy)
         ax.axhline(result["fp32"], color="k", linestyle="--", label="FP32")
-        ax.set(xscale="log", xticks=SIZES, xticklabels=[str(n) for n in SIZES], xlabel="calibration frames",
-               ylabel="INT8-sim abs_rel", title=f"{result['dataset']}: {PROFILE}")
+        ax.set(xscale="log", xlabel="calibration frames", ylabel="INT8-sim abs_rel",
+               title=f"{result['dataset']}: {PROFILE}")
+        ax.set_xticks(SIZES, [str(n) for n in SIZES])
+        ax.minorticks_off()
         ax.legend()
         ax = axes[1, col]
         x = np.arange(len(spread))
@@ -149,14 +154,21 @@ def plot(results: list[dict], spreads: list[list[dict]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(RUNS))
+    parser.add_argument("--replot", action="store_true", help="tables and plot from the saved records")
     args = parser.parse_args()
     names = [args.only] if args.only else list(RUNS)
-    results = [run_dataset(name) for name in names]
-    spreads = [threshold_spread(r) for r in results]
     suffix = f"-{args.only}" if args.only else ""
+    records = RESULTS / f"calib-sweep-records{suffix}.json"
+    if args.replot:
+        results = json.loads(records.read_text())["results"]
+    else:
+        results = [run_dataset(name) for name in names]
+    spreads = [threshold_spread(r) for r in results]
     plot_path = RESULTS / f"calib-sweep{suffix}.png"
     plot(results, spreads, plot_path)
-    context = {"profile": PROFILE, "seeds": list(SEEDS), "sizes": list(SIZES),
+    # records saved before the command was stored in them came from the plain run of the same dataset
+    command = results[0].get("command", f"python calib_sweep.py{' --only ' + args.only if args.only else ''}")
+    context = {"command": command, "profile": PROFILE, "seeds": list(SEEDS), "sizes": list(SIZES),
                "pools": {r["dataset"]: r["pool"] for r in results},
                "test": {r["dataset"]: f"{r['test']} ({r['test_frames']} frames)" for r in results},
                "fp32 abs_rel": {r["dataset"]: r["fp32"] for r in results},
@@ -173,9 +185,8 @@ def main() -> None:
     publish(f"calib-thresholds{suffix}",
             "Clipping thresholds (KL): the 8 quantizers that move most with the seed", summary,
             list(summary[0]), {**context, "all quantizers": "calib-sweep records in JSON"})
-    from npuq.io import write_json
-
-    write_json(RESULTS / f"calib-sweep-records{suffix}.json", {"results": results, "spreads": spreads})
+    if not args.replot:
+        write_json(records, {"results": results, "spreads": spreads})
 
 
 if __name__ == "__main__":

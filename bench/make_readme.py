@@ -34,7 +34,26 @@ SECTIONS = [
     ("ONNX Runtime check", "ort-agreement", "python bench/baseline_ptq.py --only synthetic --parts ort"),
     ("Cost of the simulation", "ptq-cost", "python bench/baseline_ptq.py --only synthetic --parts cost"),
     ("What-if matrix", "what-if-synthetic", "python bench/baseline_ptq.py --only synthetic --parts matrix"),
+    ("Phase 1: calibration sweep, 7-Scenes", "calib-sweep-7scenes",
+     "python bench/calib_sweep.py --only 7scenes"),
+    ("Phase 1: clipping thresholds, 7-Scenes", "calib-thresholds-7scenes",
+     "python bench/calib_sweep.py --only 7scenes"),
+    ("Phase 1: calibration sweep, synthetic", "calib-sweep-synthetic",
+     "python bench/calib_sweep.py --only synthetic"),
+    ("Phase 1: clipping thresholds, synthetic", "calib-thresholds-synthetic",
+     "python bench/calib_sweep.py --only synthetic"),
+    ("Phase 1: weight normalization, 7-Scenes", "weight-norm-7scenes",
+     "python bench/weight_norm.py --only 7scenes"),
+    ("Phase 1: weight normalization, synthetic", "weight-norm-synthetic",
+     "python bench/weight_norm.py --only synthetic"),
+    ("Phase 1: per-layer weight SQNR, 7-Scenes", "weight-norm-layers-7scenes",
+     "python bench/weight_norm.py --only 7scenes"),
+    ("Phase 1: per-layer weight SQNR, synthetic", "weight-norm-layers-synthetic",
+     "python bench/weight_norm.py --only synthetic"),
+    ("Phase 2: output heads, 7-Scenes", "heads-7scenes", "python bench/heads.py --only 7scenes"),
+    ("Phase 2: output heads, synthetic", "heads-synthetic", "python bench/heads.py --only synthetic"),
 ]
+PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic")}
 
 
 def main() -> None:
@@ -42,6 +61,8 @@ def main() -> None:
     for title, name, command in SECTIONS:
         result = RESULTS / f"{name}.md"
         body = result.read_text() if result.exists() else "_not run yet_\n"
+        if name in PLOTS and (RESULTS / PLOTS[name]).exists():
+            body += f"\n![{title}](results/{PLOTS[name]})\n"
         parts.append(f"## {title}\n\n`{command}`\n\n{body}")
     report = RESULTS / "analysis-synthetic" / "report.md"
     if report.exists():

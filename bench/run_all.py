@@ -16,6 +16,9 @@ STEPS = [
     ["bench_synth.py"],
     ["reference.py"],
     ["baseline_ptq.py"],
+    ["calib_sweep.py"],
+    ["weight_norm.py"],
+    ["heads.py"],
     ["make_readme.py"],
 ]
 
