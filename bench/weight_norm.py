@@ -1,6 +1,6 @@
 """Weight normalization before/after (Phase 1): per-layer weight SQNR, INT8 abs_rel with CLE on/off, FP32.
 
-    python bench/weight_norm.py [--only synthetic|7scenes] [--steps 300] [--strength 0.05]
+    python bench/weight_norm.py [--only synthetic|7scenes] [--steps 300] [--strengths 0.05,0.5]
 
 From each FP32 reference (bench/reference.py): a weight-norm fine-tune (npuq.train.weight_norm) and, as
 a control, the same fine-tune with strength 0 (so the effect of the penalty is separated from the
@@ -55,7 +55,7 @@ def score(model, calib, test, metric) -> dict:
     return row, sqnr
 
 
-def run_dataset(name: str, steps: int, strength: float) -> tuple[list[dict], list[dict]]:
+def run_dataset(name: str, steps: int, strengths: list[float]) -> tuple[list[dict], list[dict]]:
     run = RUNS[name]
     reference, _ = reference_checkpoint(name)
     tcfg = run["train"]
@@ -64,9 +64,10 @@ def run_dataset(name: str, steps: int, strength: float) -> tuple[list[dict], lis
     test_set = open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"])
     test = [test_set[i] for i in range(len(test_set))]
     variants = {"reference": reference}
-    for label, s in (("control (strength 0)", 0.0), (f"weight-norm (strength {strength})", strength)):
+    for s in [0.0, *strengths]:
+        label = "control (strength 0)" if s == 0 else f"weight-norm (strength {s})"
         cfg = WeightNormConfig(strength=s, steps=steps, frames=tcfg.frames, seed=SEED)
-        variants[label] = finetuned(name, reference, cfg, "control" if s == 0 else f"s{strength}")
+        variants[label] = finetuned(name, reference, cfg, f"s{s}")
     rows, sqnrs = [], {}
     for label, path in variants.items():
         row, sqnrs[label] = score(load_model(path).eval(), calib, test, run["metric"])
@@ -85,11 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(RUNS))
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--strength", type=float, default=WeightNormConfig().strength)
+    parser.add_argument("--strengths", default=f"{WeightNormConfig().strength},0.5")
     args = parser.parse_args()
+    strengths = [float(v) for v in args.strengths.split(",")]
     for name in [args.only] if args.only else list(RUNS):
-        rows, layers = run_dataset(name, args.steps, args.strength)
-        context = {"seed": SEED, "profile": PROFILE, "steps": args.steps, "strength": args.strength,
+        rows, layers = run_dataset(name, args.steps, strengths)
+        context = {"seed": SEED, "profile": PROFILE, "steps": args.steps, "strengths": strengths,
                    "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",
                    "test data": RUNS[name]["test"]}
         columns = ["model", "FP32", "FP32 change", "INT8 CLE on", "INT8 CLE off", "weight SQNR mean dB",
