@@ -3,9 +3,10 @@
     python bench/heads.py [--only synthetic|7scenes] [--steps 400] [--qaf-steps 100]
 
 Each head is fine-tuned from the FP32 reference of bench/reference.py with the same budget, data and
-seed (npuq.train.head_finetune: FP32 fine-tune on the head's own loss, then a fake-quant fine-tune
-through the npu-default QuantSim), saved as a float checkpoint, and scored with a FRESH simulate_ptq
-under npu-default and npu-asym with the same 100 random calibration frames (seed 0) as the baseline.
+seed (npuq.train.head_finetune stage 1: FP32 fine-tune on the head's own loss), saved as a float
+checkpoint, and scored with a FRESH simulate_ptq under npu-default and npu-asym with the same 100
+random calibration frames (seed 0) as the baseline. A second row per head adds stage 2 (a fake-quant
+fine-tune of the head's layers through the npu-default QuantSim) from the stage-1 checkpoint.
 Checkpoints are cached under .npuq-cache/bench/heads/.
 """
 
@@ -22,7 +23,7 @@ from npuq.data.calib import random_calibration
 from npuq.data.datasets import open_dataset
 from npuq.models.checkpoint import load_checkpoint_dict, load_model
 from npuq.quant.profile import load_profile
-from npuq.train.head_finetune import HeadFinetuneConfig, config_dict, finetune_head
+from npuq.train.head_finetune import HeadFinetuneConfig, config_dict, finetune_head, quantsim_stage
 
 HEADS = ("sigmoid-disp", "int-frac", "coarse-residual", "log-depth")
 PROFILES = ("npu-default", "npu-asym")
@@ -30,11 +31,17 @@ N_CALIB, SEED = 100, 0
 
 
 def head_checkpoint(name: str, cfg: HeadFinetuneConfig, reference: str, calib) -> str:
-    path = CACHE / "heads" / f"{name}-{cfg.head}.pt"
+    """Stage 1 (cfg.qaf_steps == 0) from ``reference``, or stage 2 from the cached stage-1 checkpoint."""
+    stage = "stage2" if cfg.qaf_steps else "stage1"
+    path = CACHE / "heads" / f"{name}-{cfg.head}-{stage}.pt"
     if path.exists() and load_checkpoint_dict(path)["extra"].get("head_finetune") == config_dict(cfg):
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    finetune_head(reference, cfg, calib, path, force=True, progress=True)
+    if cfg.qaf_steps:
+        stage1 = head_checkpoint(name, dataclasses.replace(cfg, qaf_steps=0), reference, calib)
+        quantsim_stage(stage1, cfg, calib, path, progress=True)
+    else:
+        finetune_head(reference, cfg, calib, path, force=True, progress=True)
     from npuq.io import save_torch
 
     ckpt = load_checkpoint_dict(path)
@@ -56,12 +63,13 @@ def run_dataset(name: str, steps: int, qaf_steps: int) -> list[dict]:
     rows = [{"dataset": name, "model": "reference (no fine-tune)",
              **measure_head(reference_model, profiles, calib, test, run["metric"])}]
     for head in HEADS:
-        cfg = HeadFinetuneConfig(head=head, data=tcfg.data, frames=tcfg.frames, size=SIZE, steps=steps,
-                                 qaf_steps=qaf_steps, seed=SEED)
-        ckpt = head_checkpoint(name, cfg, reference, calib)
-        row = measure_head(load_model(ckpt).eval(), profiles, calib, test, run["metric"])
-        rows.append({"dataset": name, "model": f"{head} (fine-tuned)", **row})
-        print(rows[-1], flush=True)
+        for stages, q in (("stage 1", 0), ("stages 1+2", qaf_steps)):
+            cfg = HeadFinetuneConfig(head=head, data=tcfg.data, frames=tcfg.frames, size=SIZE, steps=steps,
+                                     qaf_steps=q, seed=SEED)
+            ckpt = head_checkpoint(name, cfg, reference, calib)
+            row = measure_head(load_model(ckpt).eval(), profiles, calib, test, run["metric"])
+            rows.append({"dataset": name, "model": f"{head} ({stages})", **row})
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -78,8 +86,8 @@ def main() -> None:
             row.setdefault("integer_flip_share", "n/a")
         columns = ["model", "fp32", "int8 npu-default", "int8 npu-asym", "x FP32 (npu-default)",
                    "output floor", "integer_flip_share"]
-        cfg = dataclasses.asdict(HeadFinetuneConfig(head="*", data=RUNS[name]["train"].data, steps=args.steps,
-                                                    qaf_steps=args.qaf_steps))
+        cfg = config_dict(HeadFinetuneConfig(head="*", data=RUNS[name]["train"].data, steps=args.steps,
+                                             qaf_steps=args.qaf_steps))
         publish(f"heads-{name}", f"Output heads on equal terms, {name} (abs_rel)", rows, columns,
                 {"seed": SEED, "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",
                  "test data": RUNS[name]["test"], "fine-tune": cfg,
