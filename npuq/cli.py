@@ -250,6 +250,24 @@ def analyze(
         progress=not as_json,
     )
     emit(result, as_json, f"analysis written to {out}")
+    if not as_json and result.get("representability_per_head"):
+        print_per_head(result["representability_per_head"])
+
+
+def print_per_head(rows: list[dict[str, Any]]) -> None:
+    """The per-head representability rows as a short terminal table (the full one is in report.md)."""
+    from npuq.report.analyze import format_length, misassignment_text
+    from npuq.report.tables import print_table
+
+    def error_span(probes: list[dict[str, Any]]) -> str:
+        done = [p for p in probes if p["max_error_mm"] is not None]
+        return " .. ".join(f"±{format_length(p['max_error_mm'])} at {p['depth_m']:g} m"
+                           for p in (done[:1] + done[-1:] if len(done) > 1 else done))
+
+    table = [{"head": r["head"], "grid": sc["label"], "GT abs_rel floor": sc["floor"]["abs_rel"],
+              "max rounding error": error_span(sc["probes"]), "int misassignment": misassignment_text(r)}
+             for r in rows for sc in r["scenarios"]]
+    print_table(table, list(table[0]), title="Representability per head (details in report.md)")
 
 
 @app.command()

@@ -126,7 +126,8 @@ def analyze(model_path: str | Path, data: str, out: str | Path, metric_cfg, quan
             calib=None, n_calib: int = 100, seed: int = 0, frames: slice | None = None,
             size: tuple[int, int] | None = None, allow_pickle: bool = False, force: bool = False,
             progress: bool = True) -> dict[str, Any]:
-    """Per-layer SQNR, error budget and output representability, written as a report to ``out``."""
+    """Per-layer SQNR, error budget and output representability (the model's head, and every registered
+    head at the profile's bit width), written as a report to ``out``; the result holds the per-head rows."""
     from npuq.data.datasets import open_dataset
     from npuq.report.analyze import check_report_writable, run_analysis
 

@@ -100,3 +100,22 @@ def test_profile_errors_name_the_file_and_key(tmp_path):
 def test_bad_size_option(workdir):
     result = invoke("eval", "--model", workdir / "m.pt", "--data", workdir / "d", "--size", "60x64")
     one_line_error(result, "--size")
+
+
+def test_analyze_json_and_report_hold_the_per_head_table(workdir):
+    args = ("analyze", "--model", workdir / "m.pt", "--data", workdir / "d", "--calib", workdir / "d",
+            "--n-calib", 2, "--frames", "0:2", "--out", workdir / "analysis")
+    result = json_of(invoke(*args, "--json"))
+    rows = {r["head"]: r for r in result["representability_per_head"]}
+    assert list(rows) == ["sigmoid-disp", "int-frac", "coarse-residual", "log-depth"]
+    assert rows["sigmoid-disp"]["model_head"] and len(rows["sigmoid-disp"]["scenarios"]) == 2
+    assert rows["int-frac"]["misassignment"] is None
+    assert rows["int-frac"]["misassignment_note"] == "n/a (model has head sigmoid-disp)"
+    fraction = rows["int-frac"]["scenarios"][0]["grids"][1]
+    assert fraction["output"] == "fraction" and abs(fraction["scale"] - 1 / 127) < 1e-9  # npu-default: signed
+    assert result["findings"]["per_head"]
+    md = (workdir / "analysis" / "report.md").read_text()
+    assert "## (d) Representability per head" in md and "| `int-frac` | full range |" in md
+    doc = json.loads((workdir / "analysis" / "analysis.json").read_text())
+    assert [r["head"] for r in doc["representability_per_head"]] == list(rows)
+    one_line_error(invoke(*args), "report.md", "already exists")

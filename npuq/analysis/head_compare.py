@@ -6,14 +6,14 @@ profile (same calibration images for every head) and reports:
 - FP32 and INT8-sim abs_rel on ``test``;
 - the output-quantizer floor: abs_rel of the ground truth pushed through the head's own encode, the
   calibrated output grids of the first profile's sim, and decode (no network error at all);
-- for a head with an integer output (``int-frac``): the share of output pixels whose integer part
-  the INT8 model reads differently from the FP32 model, and the mean depth error of those pixels
-  (against the FP32 depth), under the first profile.
+- for a head with an integer output (``int-frac``), under the first profile and on the first
+  ``flip_frames`` test frames (``representability.int_frac_model_misassignment``): the share of valid
+  GT pixels whose whole metre the INT8 model reads differently from the FP32 model, the share where
+  it differs from floor(GT), and the mean depth error of the first group.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,20 +21,8 @@ import torch
 from torch import nn
 
 from npuq.analysis.metrics import MetricConfig, evaluate
-from npuq.analysis.representability import grids_from_sim, gt_quantization_floor
-from npuq.pipeline import as_tuple, depth_predictor
-
-
-def integer_flips(model: nn.Module, sim: nn.Module, rgb: torch.Tensor) -> dict[str, float]:
-    """Share of output pixels whose integer part differs between INT8 sim and FP32, and their error."""
-    head = model.head
-    with torch.no_grad():
-        float_out, quant_out = as_tuple(model(rgb)), as_tuple(sim(rgb))
-        flipped = head.integer_level(quant_out[0]) != head.integer_level(float_out[0])
-        error = (head.decode(quant_out) - head.decode(float_out)).abs()
-    share = float(flipped.double().mean())
-    mean_error = float(error[flipped].mean()) if bool(flipped.any()) else math.nan
-    return {"integer_flip_share": share, "integer_flip_mean_error_m": mean_error}
+from npuq.analysis.representability import grids_from_sim, gt_quantization_floor, int_frac_model_misassignment
+from npuq.pipeline import depth_predictor
 
 
 def measure_head(model: nn.Module, profiles: Mapping[str, Any], calib_rgb: torch.Tensor,
@@ -54,6 +42,8 @@ def measure_head(model: nn.Module, profiles: Mapping[str, Any], calib_rgb: torch
     grids = grids_from_sim(first, len(head.output_names))
     row["output floor"] = gt_quantization_floor(head, grids, test, metric_cfg)["abs_rel"]
     if hasattr(head, "integer_level"):
-        rgb = torch.stack([item["rgb"] for item in test[:flip_frames]])
-        row.update(integer_flips(model, first, rgb))
+        mis = int_frac_model_misassignment(model, first, test[:flip_frames], metric_cfg)
+        row.update({"integer misassigned (INT8 vs FP32)": mis["misassigned_share"],
+                    "misassigned mean error m": mis["misassigned_mean_error_m"],
+                    "integer wrong (INT8 vs GT)": mis["wrong_integer_share"]})
     return row

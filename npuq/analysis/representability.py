@@ -15,6 +15,11 @@ generically over heads through ``head.encode`` / ``head.decode``:
 Grids come from a calibrated QuantSim (``grids_from_sim``: the scale the toolchain chose, e.g. a
 KL-clipped range) or from the profile's bit width over the head's full output range
 (``full_range_grids``).
+
+``compare_heads`` puts every registered head side by side at the profile's bit width, so that a
+claim such as "splitting depth into an integer and a fraction output turns +-28 mm into +-2 mm" is
+checked with the same grids and the same ground truth; ``int_frac_model_misassignment`` measures how
+often a simulated INT8 ``int-frac`` model reads a different whole metre than its FP32 original.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from npuq.analysis.metrics import MetricAccumulator, MetricConfig, valid_mask
@@ -325,13 +331,16 @@ def _mean_error(error: Tensor, chosen: Tensor) -> tuple[float, float]:
 
 
 def int_frac_misassignment(head, gt: Tensor, grids: Sequence[OutputGrid | None],
-                           outputs: Sequence[Tensor] | None = None) -> dict[str, float | int]:
+                           outputs: Sequence[Tensor] | None = None, *,
+                           quantized: Sequence[Tensor] | None = None) -> dict[str, float | int]:
     """How often the INT8 grid of the ``int-frac`` integer output changes the whole metres the host reads.
 
     ``outputs``: the head's float (integer, fraction) outputs, the same shape as ``gt`` (e.g. the float
     model's, or the QuantSim's with its output quantizers disabled); default ``head.encode(gt)``, the
     exact targets, where only a grid step near 1 or clipping can misassign. ``grids``: one per output
-    (e.g. ``grids_from_sim(sim, 2)`` or ``full_range_grids``). Pixels with finite ``gt > 0`` count.
+    (e.g. ``grids_from_sim(sim, 2)`` or ``full_range_grids``). ``quantized``: the outputs after INT8
+    when they come from elsewhere (a QuantSim's, whose error also holds every earlier layer's); the
+    grids then only fix the count of outputs. Pixels with finite ``gt > 0`` count.
 
     Returns counts and shares of valid pixels:
 
@@ -347,10 +356,10 @@ def int_frac_misassignment(head, gt: Tensor, grids: Sequence[OutputGrid | None],
     with torch.no_grad():
         target_int = head.encode(gt)[0]
         outputs = tuple(head.encode(gt)) if outputs is None else tuple(outputs)
-        if any(o.shape != gt.shape for o in outputs):
-            shapes = [list(o.shape) for o in outputs]
+        quantized = quantize_outputs(outputs, grids) if quantized is None else tuple(quantized)
+        if any(o.shape != gt.shape for o in (*outputs, *quantized)):
+            shapes = [list(o.shape) for o in (*outputs, *quantized)]
             raise NpuqError(f"int_frac_misassignment: outputs {shapes} do not match GT {list(gt.shape)}")
-        quantized = quantize_outputs(outputs, grids)
         float_int, quant_int = head.integer_level(outputs[0]), head.integer_level(quantized[0])
         error = (head.decode(quantized) - gt).abs().double()
     valid = (gt > 0) & torch.isfinite(gt)
@@ -367,3 +376,278 @@ def int_frac_misassignment(head, gt: Tensor, grids: Sequence[OutputGrid | None],
     result["float_wrong_integer"] = float_wrong
     result["float_wrong_integer_share"] = float_wrong / n if n else math.nan
     return result
+
+
+def merge_misassignment(parts: Sequence[dict[str, float | int]]) -> dict[str, float | int]:
+    """Combine per-image ``int_frac_misassignment`` results: counts add, mean errors weight by count."""
+    n = sum(int(p["n_pixels"]) for p in parts)
+    merged: dict[str, float | int] = {"n_pixels": n, "n_images": len(parts)}
+    for key in ("misassigned", "wrong_integer", "float_wrong_integer"):
+        count = sum(int(p[key]) for p in parts)
+        merged[key] = count
+        merged[f"{key}_share"] = count / n if n else math.nan
+        if key == "float_wrong_integer":
+            continue
+        hit = [p for p in parts if p[key]]
+        merged[f"{key}_mean_error_m"] = (sum(p[f"{key}_mean_error_m"] * p[key] for p in hit) / count
+                                         if count else math.nan)
+        merged[f"{key}_max_error_m"] = max((p[f"{key}_max_error_m"] for p in hit), default=math.nan)
+    return merged
+
+
+def _as_tuple(outputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _at_size(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize: an integer output keeps its values (no blend of two whole metres)."""
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="nearest")
+
+
+def _run_both(model, sim, rgbs: list[Tensor]) -> list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]:
+    """(FP32 outputs, INT8-sim outputs) per frame, batched when the frames share a size."""
+    batches = [torch.stack(rgbs)] if len({tuple(r.shape) for r in rgbs}) == 1 else [r[None] for r in rgbs]
+    pairs = []
+    for rgb in batches:
+        fp32, int8 = _as_tuple(model(rgb)), _as_tuple(sim(rgb))
+        pairs += [(tuple(o[i:i + 1] for o in fp32), tuple(o[i:i + 1] for o in int8)) for i in range(len(rgb))]
+    return pairs
+
+
+def int_frac_model_misassignment(model, sim, dataset, metric_cfg: MetricConfig,
+                                 batch_size: int = 8) -> dict[str, float | int]:
+    """``int_frac_misassignment`` of a whole model: the QuantSim's outputs against the float model's.
+
+    Unlike the grid-only measure, this counts every whole metre that the simulated INT8 network reads
+    differently from FP32 (``misassigned``) or from floor(GT) (``wrong_integer``), whatever layer's
+    error caused it: that is what the user would see on the NPU. Outputs are resized (nearest) to the
+    native GT size; only GT pixels valid under ``metric_cfg`` count. Summed over ``dataset``.
+    """
+    head = model.head
+    if not hasattr(head, "integer_level"):
+        raise NpuqError(f"int_frac_model_misassignment: head {head.name!r} has no integer output")
+    if len(dataset) == 0:
+        raise NpuqError(f"{getattr(dataset, 'root', 'dataset')}: no frames to analyse")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            for item, (fp32, int8) in zip(items, _run_both(model, sim, [it["rgb"] for it in items]),
+                                          strict=True):
+                gt = item["depth"].float().reshape(1, 1, *item["depth"].shape[-2:])
+                gt = torch.where(valid_mask(gt[0, 0], metric_cfg), gt, torch.zeros_like(gt))
+                size = tuple(gt.shape[-2:])
+                parts.append(int_frac_misassignment(
+                    head, gt, (None,) * len(fp32), tuple(_at_size(o.float(), size) for o in fp32),
+                    quantized=tuple(_at_size(o.float(), size) for o in int8)))
+    return merge_misassignment(parts)
+
+
+# -- every registered head at the profile's bit width -------------------------------------------------
+
+PROBE_DEPTHS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+HEAD_CURVE_POINTS = 60
+MAX_ENUMERATED = 1 << 21  # representable depths of a multi-output head: product of its level counts
+
+
+def activation_config(profile_or_act_cfg: Any, sim=None) -> TensorQuantConfig:
+    """The activation grid settings from a QuantProfile or a TensorQuantConfig (else from ``sim``)."""
+    if isinstance(profile_or_act_cfg, TensorQuantConfig):
+        return profile_or_act_cfg
+    cfg = getattr(profile_or_act_cfg, "activations", None)
+    cfg = cfg if cfg is not None else (_act_cfg_of(sim) if sim is not None else None)
+    if not isinstance(cfg, TensorQuantConfig):
+        raise NpuqError("representability per head: need the profile's activation config")
+    return cfg
+
+
+def representable_set(head, grids: Sequence[OutputGrid | None],
+                      limit: int = MAX_ENUMERATED) -> Tensor | None:
+    """Every depth (ascending, distinct) the head can report with each output on its grid.
+
+    The product over outputs of their reachable levels, decoded: for a two-output head, whatever the
+    network learns to put in each output, its depth is one of these. None when an output is float
+    (continuous) or the product exceeds ``limit``.
+    """
+    _check_grids(head, grids)
+    if any(g is None for g in grids):
+        return None
+    values = [g.value_of(reachable_levels(g, lo, hi)) for g, (lo, hi) in zip(grids, head.output_ranges(),
+                                                                          strict=True)]
+    if math.prod(len(v) for v in values) > limit:
+        return None
+    mesh = torch.meshgrid(*values, indexing="ij")
+    with torch.no_grad():
+        depths = head.decode(tuple(_as_map(m.reshape(-1).float()) for m in mesh)).flatten().double()
+    return torch.unique(depths[torch.isfinite(depths)])
+
+
+def snap_to(table: Tensor, depth: Tensor) -> Tensor:
+    """Each depth replaced by the nearest entry of the ascending ``table`` (same shape and dtype)."""
+    flat = depth.double().flatten()
+    if len(table) == 1:
+        return torch.full_like(depth, float(table[0]))
+    idx = torch.searchsorted(table, flat).clamp(1, len(table) - 1)
+    lower, upper = table[idx - 1], table[idx]
+    picked = torch.where((flat - lower).abs() <= (upper - flat).abs(), lower, upper)
+    return picked.reshape(depth.shape).to(depth.dtype)
+
+
+def whole_metres(head, grid: OutputGrid | None) -> dict[str, float | int] | None:
+    """For a head with an integer output: which whole metres its grid lets the host read.
+
+    ``exact``: how many of the whole metres in the output range come back unchanged from
+    ``round(Q(n))``; ``readable``: distinct whole metres any level decodes to; ``max_gap_m``: the
+    largest jump between them (1 when the integer part is fine-grained enough, 2+ when a step over
+    1 skips some); ``highest_m``: the largest (below the range's top when the grid is clipped).
+    None for heads without an integer output or a float integer output.
+    """
+    if grid is None or not hasattr(head, "integer_level"):
+        return None
+    lo, hi = head.output_ranges()[0]
+    wanted = torch.arange(math.ceil(lo), math.floor(hi) + 1, dtype=torch.float64)
+    with torch.no_grad():
+        exact = head.integer_level(grid.quantize(wanted)) == wanted
+        readable = torch.unique(head.integer_level(grid.value_of(reachable_levels(grid, lo, hi))))
+    gaps = torch.diff(readable)
+    return {"whole_metres": len(wanted), "exact": int(exact.sum()), "readable": len(readable),
+            "max_gap_m": float(gaps.max()) if len(gaps) else math.nan, "highest_m": float(readable.max())}
+
+
+def probe_steps(head, grids: Sequence[OutputGrid | None], probe_depths: Sequence[float]) -> list[dict]:
+    """Resolution at each probe depth inside the head's range, with the rounding error it allows.
+
+    ``max_error_mm`` is half a step (a value rounds to the nearer of the two bracketing depths);
+    ``typical_error_mm`` a quarter of a step, the mean absolute error of a rounding error spread
+    evenly over the step. NaN where the output is clipped there.
+    """
+    probes = [float(d) for d in probe_depths if head.min_depth <= float(d) <= head.max_depth]
+    if not probes:
+        return []
+    steps = steps_at(head, torch.tensor(probes, dtype=torch.float64), grids).tolist()
+    return [{"depth_m": d, "step_m": s, "rel_step": s / d, "max_error_mm": 500.0 * s,
+             "typical_error_mm": 250.0 * s} for d, s in zip(probes, steps, strict=True)]
+
+
+def _check_probes(probe_depths: Sequence[float]) -> None:
+    bad = [d for d in probe_depths if not (math.isfinite(float(d)) and float(d) > 0)]
+    if bad or not probe_depths:
+        raise NpuqError(f"representability per head: probe depths must be positive metres, got {bad or '[]'}")
+
+
+def _grid_dicts(head, grids: Sequence[OutputGrid | None]) -> list[dict[str, Any]]:
+    return [{"output": name, **({"float": True} if g is None else g.to_dict())}
+            for name, g in zip(head.output_names, grids, strict=True)]
+
+
+def _head_floors(entries: Sequence[tuple[Any, GridScenario, Tensor | None]], gt_source: Any,
+                 metric_cfg: MetricConfig) -> list[tuple[dict, dict | None, float]]:
+    """Per (head, scenario, representable set), in one data pass: the encode floor, the nearest-depth
+    floor and the share of valid GT pixels outside the head's depth range (clamped, so part of the floor).
+    """
+    accs = [(MetricAccumulator(metric_cfg), MetricAccumulator(metric_cfg) if table is not None else None)
+            for _, _, table in entries]
+    outside, n_valid = [0] * len(entries), 0
+    for gt in _gt_maps(gt_source):
+        gt = gt.float().reshape(1, *gt.shape[-2:])
+        valid = gt[0][valid_mask(gt[0], metric_cfg)]
+        n_valid += valid.numel()
+        for i, ((head, sc, table), (enc, near)) in enumerate(zip(entries, accs, strict=True)):
+            enc.add_image(quantized_depth(head, gt.unsqueeze(0), sc.grids)[0], gt)
+            if near is not None:
+                near.add_image(snap_to(table, gt), gt)
+            outside[i] += int(((valid < head.min_depth) | (valid > head.max_depth)).sum())
+    floors = [(enc.result(), None if near is None else near.result(), out / max(n_valid, 1))
+              for (enc, near), out in zip(accs, outside, strict=True)]
+    if any(enc["n_images"] == 0 for enc, _, _ in floors):
+        raise NpuqError(f"ground truth: no frame has a pixel inside ({metric_cfg.min_depth}, "
+                        f"{metric_cfg.max_depth}) m")
+    return floors
+
+
+def _misassignment_note(head, model_head, measured: bool) -> str:
+    if not hasattr(head, "integer_level"):
+        return "no integer output"
+    if model_head is None:
+        return "n/a (no model)"
+    if model_head.name != head.name:
+        return f"n/a (model has head {model_head.name})"
+    return "measured (INT8 sim vs FP32)" if measured else "not measured (needs the model and its QuantSim)"
+
+
+def _head_scenarios(head, act_cfg: TensorQuantConfig, own: bool, sim) -> list[GridScenario]:
+    scenarios = [GridScenario("full range", full_range_grids(head, act_cfg))]
+    if own and sim is not None:
+        grids = grids_from_sim(sim, len(head.output_names))
+        if any(g is not None for g in grids):
+            scenarios.append(GridScenario("calibrated", grids))
+    return scenarios
+
+
+def _heads_to_compare(model_head, depth_range: tuple[float, float] | None) -> list:
+    """A fresh instance of every registered head (encode/decode need no weights), plus an unregistered
+    model head; all over the model's depth range."""
+    from npuq.models.heads import HEADS, build_head
+
+    if depth_range is None:
+        depth_range = (model_head.min_depth, model_head.max_depth) if model_head is not None else (0.1, 100.0)
+    heads = [build_head(name, [1], *depth_range) for name in HEADS]
+    if model_head is not None and model_head.name not in HEADS:
+        heads.append(model_head)
+    return heads
+
+
+def _scenario_summary(head, sc: GridScenario, table: Tensor | None, floors: tuple[dict, dict | None, float],
+                      probe_depths: Sequence[float], curve_points: int) -> dict[str, Any]:
+    curve = depth_step_curve(head, sc.grids, n=curve_points)
+    return {"label": sc.label, "grids": _grid_dicts(head, sc.grids),
+            "probes": probe_steps(head, sc.grids, probe_depths),
+            "n_representable": None if table is None else len(table),
+            "floor": floors[0], "floor_nearest": floors[1], "gt_outside_range_share": floors[2],
+            "whole_metres": whole_metres(head, sc.grids[0]),
+            "step_curve": {"depth_m": curve["depth_m"], "step_m": curve["step_m"]}}
+
+
+def compare_heads(profile_or_act_cfg: Any, gt_source: Any, metric_cfg: MetricConfig,
+                  probe_depths: Sequence[float] = PROBE_DEPTHS, model_head=None, sim=None,
+                  misassignment: dict[str, float | int] | None = None,
+                  depth_range: tuple[float, float] | None = None,
+                  curve_points: int = HEAD_CURVE_POINTS) -> list[dict[str, Any]]:
+    """One row per registered head at the profile's activation grid: resolution, error, GT floor.
+
+    Each head is built with ``build_head`` over ``depth_range`` (default: ``model_head``'s range, else
+    0.1-100 m; a head may narrow it, as ``int-frac`` does to 16 m) and each of its outputs gets its
+    own per-tensor grid over that output's full range, as the NPU stores dual outputs. For the
+    model's own head the sim's calibrated grids are a second scenario. Per scenario:
+
+    - ``probes``: ``probe_steps`` at the probe depths inside the head's range (``+-max_error_mm`` is
+      what a "+-28 mm" claim means);
+    - ``floor``: metrics of ``decode(Q(encode(gt)))`` on ``gt_source`` (the network's float targets
+      rounded onto the grids); ``floor_nearest``: of gt snapped to the nearest depth in
+      ``representable_set`` (what outputs trained through the quantizer could reach; for
+      ``coarse-residual`` far below ``floor``, because its residual can then cancel the coarse rounding);
+    - ``gt_outside_range_share``: valid GT pixels beyond the head's range (clamped: part of the floor);
+    - ``whole_metres`` (integer heads) and ``step_curve`` (``depth_m``, ``step_m``) for plotting.
+
+    ``misassignment``: ``int_frac_model_misassignment`` of the model, attached to its own head's row;
+    other integer heads' rows say "n/a" rather than guess.
+    """
+    act_cfg = activation_config(profile_or_act_cfg, sim)
+    _check_probes(probe_depths)
+    heads = _heads_to_compare(model_head, depth_range)
+    plan = [(head, model_head is not None and head.name == model_head.name) for head in heads]
+    plan = [(head, own, _head_scenarios(head, act_cfg, own, sim)) for head, own in plan]
+    entries = [(head, sc, representable_set(head, sc.grids)) for head, _, scs in plan for sc in scs]
+    floors = _head_floors(entries, gt_source, metric_cfg)
+    summaries = iter([_scenario_summary(head, sc, table, floor, probe_depths, curve_points)
+                      for (head, sc, table), floor in zip(entries, floors, strict=True)])
+    rows = []
+    for head, own, scs in plan:
+        measured = own and misassignment is not None and hasattr(head, "integer_level")
+        rows.append({"head": head.name, "outputs": list(head.output_names), "model_head": own,
+                     "min_depth": head.min_depth, "max_depth": head.max_depth,
+                     "bits": act_cfg.bits, "symmetric": act_cfg.symmetric,
+                     "scenarios": [next(summaries) for _ in scs],
+                     "misassignment": dict(misassignment) if measured else None,
+                     "misassignment_note": _misassignment_note(head, model_head, measured)})
+    return rows

@@ -8,18 +8,22 @@ import torch
 from PIL import Image
 
 from npuq.analysis.metrics import MetricConfig
-from npuq.analysis.representability import GridScenario, OutputGrid, analyze_representability
+from npuq.analysis.representability import GridScenario, OutputGrid, analyze_representability, compare_heads
 from npuq.errors import NpuqError
-from npuq.models.heads import SigmoidDispHead
+from npuq.models.heads import HEADS, SigmoidDispHead
+from npuq.quant.profile import TensorQuantConfig
 from npuq.quant.quantizer import IntGrid
 from npuq.report.analyze import (
     REPORT_FILES,
     budget_findings,
     json_ready,
+    per_head_findings,
     sqnr_findings,
     sqnr_trend,
     write_analysis_report,
 )
+
+PNGS = ("sqnr_per_layer.png", "error_budget.png", "representability.png")
 
 
 def sqnr_rows(values, isolated=None):
@@ -46,6 +50,11 @@ def representability():
     grids = [GridScenario("full range", (OutputGrid(IntGrid(8, True), 1 / 127, 0),)),
              GridScenario("calibrated", (OutputGrid(IntGrid(8, True), 0.3 / 127, 0),))]
     return analyze_representability(head, grids, gt, MetricConfig())
+
+
+def per_head(symmetric=True, lo=0.5, hi=10.0, **kw):
+    gt = torch.linspace(lo, hi, 64).reshape(1, 1, 8, 8)
+    return compare_heads(TensorQuantConfig(symmetric=symmetric), gt, MetricConfig(), **kw)
 
 
 def test_sqnr_trend_is_the_least_squares_slope():
@@ -78,10 +87,11 @@ def test_report_files_json_and_images(tmp_path):
     out = tmp_path / "analysis"
     rep = representability()
     result = write_analysis_report(out, sqnr_rows([40.0, math.inf, 30.0], isolated=[45.0, math.inf, 44.0]),
-                                   budget_rows(), rep, {"model": "m.ckpt", "profile": "npu-default"})
+                                   budget_rows(), rep, {"model": "m.ckpt", "profile": "npu-default"},
+                                   per_head=per_head())
     for name in REPORT_FILES:
         assert (out / name).is_file(), name
-    for png in ("sqnr_per_layer.png", "error_budget.png", "representability.png"):
+    for png in (*PNGS, "representability_per_head.png"):
         with Image.open(out / png) as img:
             img.verify()
             assert img.format == "PNG"
@@ -95,6 +105,38 @@ def test_report_files_json_and_images(tmp_path):
     assert "![SQNR per layer](sqnr_per_layer.png)" in md and "![Error budget](error_budget.png)" in md
     assert f"abs_rel floor of {floor:.4f}" in md
     assert result["findings"]["budget"] and not list(out.glob(".*.tmp"))
+    assert [r["head"] for r in doc["representability_per_head"]] == list(HEADS)
+    assert "## (d) Representability per head" in md and "![Representability per head]" in md
+
+
+def test_per_head_findings_check_the_claim_with_the_numbers():
+    unsigned = " ".join(per_head_findings(per_head(symmetric=False)))
+    # unsigned 8 bits: fraction step 1/255 m = 3.92 mm, +-1.96 mm; the sigmoid is +-19.25 mm at 1 m
+    assert "step is 3.92 mm, a max rounding error of ±1.96 mm" in unsigned
+    assert "consistent with the claimed ±2 mm" in unsigned
+    assert "±19.2 mm at 1 m" in unsigned and "stays within ±28 mm only up to about 1.1" in unsigned
+    signed = " ".join(per_head_findings(per_head(symmetric=True)))
+    assert "±3.94 mm" in signed and "not the claimed ±2 mm (a signed grid spends half" in signed
+    assert "±39.9 mm at 1 m" in signed  # the 8-bit signed sigmoid misses +-28 mm already at 1 m
+    assert "reads 16 of 16 whole metres exactly (largest gap 1 m)" in signed
+    # the lowest floor is named first; which it is follows the data
+    far = per_head_findings(per_head(lo=6.0, hi=15.0))[0]
+    near = per_head_findings(per_head(lo=0.15, hi=0.3))[0]
+    assert "lowest for `int-frac`" in far and "highest for `sigmoid-disp`" in far
+    assert "lowest for `sigmoid-disp`" in near
+    assert per_head_findings([]) == []
+
+
+def test_per_head_table_marks_misassignment_na_for_other_heads(tmp_path):
+    rows = per_head(model_head=SigmoidDispHead([8], 0.1, 100.0))
+    write_analysis_report(tmp_path, [], [], None, {}, per_head=rows)
+    md = (tmp_path / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| head | grid | outputs | grid(s) |"))
+    assert "step at 0.5 m" in header and "GT abs_rel floor" in header and "int misassignment" in header
+    int_frac = next(line for line in md.splitlines() if line.startswith("| `int-frac`"))
+    assert "n/a (model has head sigmoid-disp)" in int_frac and "whole metres exact 16/16" in int_frac
+    assert "3.94 mm (±1.97 mm)" not in int_frac and "7.87 mm (±3.94 mm)" in int_frac
+    assert "| `sigmoid-disp` (model) |" in md
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):
@@ -146,8 +188,42 @@ def test_run_analysis_on_a_tiny_quantsim(tmp_path):
     assert scenarios[0]["grids"][0]["scale"] == pytest.approx(out_q.scale)
     assert scenarios[1]["grids"][0]["scale"] == pytest.approx(1 / 127)
     assert result["floors"]["full range"] == pytest.approx(scenarios[1]["floor"]["abs_rel"])
-    assert all(result["findings"][k] for k in ("sqnr", "budget", "representability"))
-    for png in ("sqnr_per_layer.png", "error_budget.png", "representability.png"):
+    assert all(result["findings"][k] for k in ("sqnr", "budget", "representability", "per_head"))
+    for png in (*PNGS, "representability_per_head.png"):
         with Image.open(tmp_path / "out" / png) as img:
             assert img.size[0] > 100
     assert all(q.enabled for q in sim.quantizers.values())
+    rows = {r["head"]: r for r in doc["representability_per_head"]}
+    assert list(rows) == list(HEADS) and rows["sigmoid-disp"]["model_head"]
+    own = rows["sigmoid-disp"]["scenarios"]
+    assert [s["label"] for s in own] == ["full range", "calibrated"]
+    assert own[1]["grids"][0]["scale"] == pytest.approx(out_q.scale)
+    # the same floors as section (c), computed separately
+    assert own[0]["floor"]["abs_rel"] == pytest.approx(scenarios[1]["floor"]["abs_rel"])
+    assert own[1]["floor"]["abs_rel"] == pytest.approx(scenarios[0]["floor"]["abs_rel"])
+    assert rows["int-frac"]["misassignment_note"] == "n/a (model has head sigmoid-disp)"
+    printed = result["representability_per_head"]
+    assert [r["head"] for r in printed] == list(HEADS) and "step_curve" not in printed[0]["scenarios"][0]
+
+
+def test_run_analysis_measures_the_int_frac_model_misassignment(tmp_path):
+    from npuq.data.datasets import open_dataset
+    from npuq.models.depth_resnet import DepthNetConfig, DepthResNet
+    from npuq.quant import simulate_ptq
+    from npuq.quant.profile import QuantProfile
+    from npuq.report.analyze import run_analysis
+
+    torch.manual_seed(0)
+    model = DepthResNet(DepthNetConfig(depth=18, head="int-frac", max_depth=16.0)).eval()
+    data = open_dataset("synth:n=2,seed=5,size=64x64")
+    profile = QuantProfile(activations=TensorQuantConfig(range="minmax"), bias_correction="off", cle=False)
+    sim = simulate_ptq(model, profile, torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    result = run_analysis(model, sim, data, MetricConfig(), tmp_path / "out", sqnr_frames=1,
+                          partitions=("kind",))
+    rows = {r["head"]: r for r in result["representability_per_head"]}
+    m = rows["int-frac"]["misassignment"]
+    assert rows["int-frac"]["model_head"] and rows["int-frac"]["misassignment_note"].startswith("measured")
+    assert m["n_images"] == 2 and m["n_pixels"] > 0 and 0 <= m["misassigned_share"] <= 1
+    assert m["wrong_integer"] >= 0 and rows["coarse-residual"]["misassignment"] is None
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "INT8 sim vs FP32" in md and "| `int-frac` (model) | full range |" in md

@@ -68,4 +68,5 @@ def test_measure_head_reports_int8_floor_and_integer_flips(reference, tmp_path):
     assert row["head"] == "int-frac"
     assert {"fp32", "int8 npu-default", "int8 npu-asym", "output floor"} <= set(row)
     assert 0.0 <= row["output floor"] < row["int8 npu-default"]
-    assert 0.0 <= row["integer_flip_share"] <= 1.0
+    assert 0.0 <= row["integer misassigned (INT8 vs FP32)"] <= 1.0
+    assert 0.0 <= row["integer wrong (INT8 vs GT)"] <= 1.0
