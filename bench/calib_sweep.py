@@ -29,7 +29,7 @@ from npuq.io import write_json
 from npuq.pipeline import depth_predictor, load_float_model
 from npuq.quant import simulate_ptq
 from npuq.quant.profile import load_profile
-from npuq.report.tables import command_line
+from npuq.report.tables import command_line, machine_info
 
 SIZES = (50, 100, 200, 500)
 STRATEGIES = ("random", "stratified", "diverse")
@@ -75,8 +75,9 @@ def run_dataset(name: str) -> dict:
             print(f"{name} {strategy} n={n} seed={seed}: abs_rel {m['abs_rel']:.4f} ({t.seconds:.1f} s)",
                   flush=True)
     pool_name = f"{run['train'].data} frames {POOLS[name].start}:{POOLS[name].stop}"
-    return {"dataset": name, "command": command_line(), "checkpoint": ckpt, "fp32": fp32, "pool": pool_name,
-            "test": run["test"], "test_frames": len(test), "records": records}
+    return {"dataset": name, "command": command_line(), "machine": machine_info(), "checkpoint": ckpt,
+            "fp32": fp32, "pool": pool_name, "test": run["test"], "test_frames": len(test),
+            "records": records}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -93,6 +94,23 @@ def abs_rel_rows(result: dict) -> list[dict]:
             row[f"n={n}"] = f"{mean:.4f} ± {std:.4f}"
         rows.append(row)
     return rows
+
+
+def findings(result: dict) -> list[str]:
+    """What the sweep shows, in numbers: best and worst cell, the seed range, diverse's range."""
+    fp32, records = result["fp32"], result["records"]
+    cells = {(st, n): [r["abs_rel"] for r in records if r["strategy"] == st and r["n"] == n]
+             for st in STRATEGIES for n in SIZES}
+    means = {key: statistics.fmean(v) for key, v in cells.items()}
+    best, worst = min(means, key=means.get), max(means, key=means.get)
+    random_all = [r["abs_rel"] for r in records if r["strategy"] == "random"]
+    diverse = [means[("diverse", n)] for n in SIZES]
+    return [
+        f"best mean: {best[0]} n={best[1]}: {means[best]:.4f} ({means[best] / fp32:.2f}x FP32 {fp32:.4f}); "
+        f"worst mean: {worst[0]} n={worst[1]}: {means[worst]:.4f}",
+        f"random picks over all sizes and seeds: {min(random_all):.4f} to {max(random_all):.4f}",
+        f"diverse over all sizes: {min(diverse):.4f} to {max(diverse):.4f}",
+    ]
 
 
 def threshold_spread(result: dict) -> list[dict]:
@@ -168,12 +186,14 @@ def main() -> None:
     plot(results, spreads, plot_path)
     # records saved before the command was stored in them came from the plain run of the same dataset
     command = results[0].get("command", f"python calib_sweep.py{' --only ' + args.only if args.only else ''}")
-    context = {"command": command, "profile": PROFILE, "seeds": list(SEEDS), "sizes": list(SIZES),
+    context = {"command": command, "machine": results[0].get("machine"), "profile": PROFILE,
+               "seeds": list(SEEDS), "sizes": list(SIZES),
                "pools": {r["dataset"]: r["pool"] for r in results},
                "test": {r["dataset"]: f"{r['test']} ({r['test_frames']} frames)" for r in results},
                "fp32 abs_rel": {r["dataset"]: r["fp32"] for r in results},
                "plot": plot_path.name,
-               "note": "diverse (k-center greedy) is seed-independent: one run per size"}
+               "note": "diverse (k-center greedy) is seed-independent: one run per size",
+               "findings": [line for r in results for line in findings(r)]}
     rows = [row for r in results for row in abs_rel_rows(r)]
     publish(f"calib-sweep{suffix}",
             "INT8-sim abs_rel by calibration size and strategy (mean ± std over seeds)", rows,

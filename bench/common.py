@@ -32,7 +32,8 @@ class Timer:
 def publish(name: str, title: str, rows: list[dict[str, Any]], columns: list[str],
             context: dict[str, Any]) -> Path:
     """Print the table with its provenance and save JSON + markdown under bench/results/."""
-    context = {"command": command_line(), **context, "machine": machine_info()}
+    context = {"command": command_line(), **context}
+    context["machine"] = context.get("machine") or machine_info()  # a replot keeps the run's machine
     print_table(rows, columns, title=title)
     for key, value in context.items():
         print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
