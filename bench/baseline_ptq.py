@@ -29,8 +29,8 @@ N_CALIB = 100
 SEED = 0
 SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
 MATRIX_TEST_FRAMES = 200
-PARTS = ("shipped", "ort", "cost", "matrix", "analyze")  # all but shipped run on the synthetic model
-ANALYSIS_DIR = RESULTS / "analysis-synthetic"
+PARTS = ("shipped", "ort", "cost", "matrix", "analyze")  # ort, cost, matrix run on the synthetic model
+ANALYSIS_SYNTH_TEST = "synth:n=200,seed=1,size=128x160"
 
 
 def calibration_pool(name: str):
@@ -112,14 +112,18 @@ def cost_rows(model, name, test, metric) -> list[dict]:
     return rows
 
 
-def run_analyze(ckpt: str, run: dict) -> None:
-    """`npuq analyze` on the reference model: npu-default, 100 random calibration frames, 200 test frames."""
+def run_analyze(ckpt: str, name: str, run: dict, model, calib) -> None:
+    """`npuq analyze` on a reference model: npu-default, the baseline's 100 calibration frames, 200 test
+    frames. The QuantSim is made here from the training pool (the CLI's --calib would draw from a whole
+    folder, test frames included) and passed to analyze as a saved --quant folder."""
     from npuq.pipeline import analyze
 
-    cfg = run["train"]
-    test = "synth:n=200,seed=1,size=128x160"
-    result = analyze(ckpt, test, ANALYSIS_DIR, run["metric"], profile="npu-default", calib=cfg.data,
-                     n_calib=N_CALIB, seed=SEED, size=SIZE, force=True, progress=True)
+    test, frames = (run["test"], run["test_frames"]) if run["test_frames"] else (ANALYSIS_SYNTH_TEST, None)
+    sim = simulate_ptq(model, load_profile("npu-default"), calib, progress=True)
+    with tempfile.TemporaryDirectory() as quant_dir:
+        sim.save(quant_dir, {"checkpoint": ckpt, "calibration": f"{N_CALIB} random frames, seed {SEED}"})
+        result = analyze(ckpt, test, RESULTS / f"analysis-{name}", run["metric"], quant_dir=quant_dir,
+                         frames=frames, size=SIZE, force=True, progress=True)
     print(f"analysis report: {result['out_dir']}/report.md")
 
 
@@ -141,6 +145,8 @@ def main() -> None:
         metric = run["metric"]
         fp32 = evaluate(depth_predictor(model, model.head), test, metric)
         ctx = {**context, "checkpoint": ckpt, "test data": run["test"], "test frames": len(test)}
+        if "analyze" in parts:
+            run_analyze(ckpt, name, run, model, calib)
         if "shipped" in parts:
             rows = shipped_rows(name, model, calib, test, metric, fp32)
             publish(f"baseline-{name}", f"FP32 vs simulated INT8, {name}", rows, list(rows[0]), ctx)
@@ -153,8 +159,6 @@ def main() -> None:
             if "cost" in parts:
                 cost = cost_rows(model, name, test, metric)
                 publish("ptq-cost", "Cost of the simulation", cost, ["what", "seconds"], ctx)
-            if "analyze" in parts:
-                run_analyze(ckpt, run)
             if "matrix" in parts:
                 matrix_test = test[:MATRIX_TEST_FRAMES]
                 fp32_m = evaluate(depth_predictor(model, model.head), matrix_test, metric)

@@ -16,14 +16,16 @@ run alone from the `bench/` folder. Timings come from this project's 2-core CPU 
 what else it was running; the accuracy figures do not.
 """
 
-ANALYSIS = """## Diagnosis of the synthetic reference model
+ANALYSIS = """## Diagnosis reports (`npuq analyze`)
 
-`python bench/baseline_ptq.py --only synthetic --parts analyze` runs the same as
-`npuq analyze --model .npuq-cache/bench/reference-synthetic.pt --profile npu-default
---calib synth:n=20000,seed=0,size=128x160 --n-calib 100 --data synth:n=200,seed=1,size=128x160 --out DIR`
-and writes [results/analysis-synthetic/report.md](results/analysis-synthetic/report.md) with its plots
-and JSON.
+`python bench/baseline_ptq.py --only NAME --parts analyze` simulates npu-default with the baseline's 100
+random calibration frames of the training pool (seed 0) and runs `npuq analyze --quant` on 200 test
+frames (synthetic: `synth:n=200,seed=1,size=128x160`; 7-Scenes: frames 800-999). For synthetic data
+that is the same as `npuq analyze --model .npuq-cache/bench/reference-synthetic.pt --profile npu-default
+--calib synth:n=20000,seed=0,size=128x160 --n-calib 100 --data synth:n=200,seed=1,size=128x160 --out DIR`.
+Reports, with plots and JSON:
 """
+
 
 SECTIONS = [
     ("Synthetic data generator", "synth", "python bench/bench_synth.py"),
@@ -64,9 +66,9 @@ def main() -> None:
         if name in PLOTS and (RESULTS / PLOTS[name]).exists():
             body += f"\n![{title}](results/{PLOTS[name]})\n"
         parts.append(f"## {title}\n\n`{command}`\n\n{body}")
-    report = RESULTS / "analysis-synthetic" / "report.md"
-    if report.exists():
-        parts.append(ANALYSIS)
+    reports = [name for name in ("7scenes", "synthetic") if (RESULTS / f"analysis-{name}" / "report.md").exists()]
+    if reports:
+        parts.append(ANALYSIS + "".join(f"- [{name}](results/analysis-{name}/report.md)\n" for name in reports))
     write_text(REPO / "bench" / "README.md", "\n".join(parts))
 
 
