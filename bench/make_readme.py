@@ -66,9 +66,10 @@ def main() -> None:
         if name in PLOTS and (RESULTS / PLOTS[name]).exists():
             body += f"\n![{title}](results/{PLOTS[name]})\n"
         parts.append(f"## {title}\n\n`{command}`\n\n{body}")
-    reports = [name for name in ("7scenes", "synthetic") if (RESULTS / f"analysis-{name}" / "report.md").exists()]
+    reports = [f"- [{name}](results/analysis-{name}/report.md)\n" for name in ("7scenes", "synthetic")
+               if (RESULTS / f"analysis-{name}" / "report.md").exists()]
     if reports:
-        parts.append(ANALYSIS + "".join(f"- [{name}](results/analysis-{name}/report.md)\n" for name in reports))
+        parts.append(ANALYSIS + "".join(reports))
     write_text(REPO / "bench" / "README.md", "\n".join(parts))
 
 
