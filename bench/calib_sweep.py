@@ -110,7 +110,26 @@ def findings(result: dict) -> list[str]:
         f"worst mean: {worst[0]} n={worst[1]}: {means[worst]:.4f}",
         f"random picks over all sizes and seeds: {min(random_all):.4f} to {max(random_all):.4f}",
         f"diverse over all sizes: {min(diverse):.4f} to {max(diverse):.4f}",
+        decisive_threshold(records),
     ]
+
+
+def decisive_threshold(records: list[dict]) -> str:
+    """The quantizer whose clipping width tracks abs_rel most closely over all runs (Pearson r)."""
+    y = np.array([r["abs_rel"] for r in records])
+    best_r, best_q = 0.0, None
+    for q in records[0]["thresholds"]:
+        x = np.array([r["thresholds"][q] for r in records])
+        if x.std() > 0 and y.std() > 0:
+            r = float(np.corrcoef(x, y)[0, 1])
+            best_r, best_q = (r, q) if abs(r) > abs(best_r) else (best_r, best_q)
+    if best_q is None:
+        return "no clipping width varies with abs_rel"
+    x = np.array([r["thresholds"][best_q] for r in records])
+    narrow = x < (x.min() + x.max()) / 2
+    parts = [f"{label}: {int(mask.sum())} runs, width {x[mask].min():.3g}-{x[mask].max():.3g}, mean abs_rel "
+             f"{y[mask].mean():.4f}" for label, mask in (("narrow", narrow), ("wide", ~narrow)) if mask.any()]
+    return f"clipping width that tracks abs_rel most: {best_q} (r = {best_r:+.2f}); " + "; ".join(parts)
 
 
 def threshold_spread(result: dict) -> list[dict]:
