@@ -87,11 +87,14 @@ def main() -> None:
             row.setdefault(MISASSIGNED, "n/a")
         columns = ["model", "fp32", "int8 npu-default", "int8 npu-asym", "x FP32 (npu-default)",
                    "output floor", MISASSIGNED]
-        cfg = config_dict(HeadFinetuneConfig(head="*", data=RUNS[name]["train"].data, steps=args.steps,
+        tcfg = RUNS[name]["train"]
+        cfg = config_dict(HeadFinetuneConfig(head="*", data=tcfg.data, frames=tcfg.frames, steps=args.steps,
                                              qaf_steps=args.qaf_steps))
+        test_frames = RUNS[name]["test_frames"]
         publish(f"heads-{name}", f"Output heads on equal terms, {name} (abs_rel)", rows, columns,
                 {"seed": SEED, "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",
-                 "test data": RUNS[name]["test"], "fine-tune": cfg,
+                 "test data": RUNS[name]["test"] + (f" frames {test_frames.start}:{test_frames.stop}"
+                                                    if test_frames else ""), "fine-tune": cfg,
                  MISASSIGNED: "share of valid GT pixels whose whole metre the INT8 model reads differently "
                               "from FP32 (int-frac only, npu-default, first 16 test frames)"})
 
