@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, Timer, publish
-from reference import RUNS, SIZE, reference_checkpoint
+from reference import RUNS, SIZE, reference_checkpoint, test_description
 
 from npuq.analysis.metrics import evaluate, progress_bar
 from npuq.data.calib import pool_stats, select_calibration, stack_rgb
@@ -76,7 +76,7 @@ def run_dataset(name: str) -> dict:
                   flush=True)
     pool_name = f"{run['train'].data} frames {POOLS[name].start}:{POOLS[name].stop}"
     return {"dataset": name, "command": command_line(), "machine": machine_info(), "checkpoint": ckpt,
-            "fp32": fp32, "pool": pool_name, "test": run["test"], "test_frames": len(test),
+            "fp32": fp32, "pool": pool_name, "test": test_description(run), "test_frames": len(test),
             "records": records}
 
 

@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 
 from common import CACHE, publish
-from reference import RUNS, SIZE, reference_checkpoint
+from reference import RUNS, SIZE, reference_checkpoint, test_description
 
 from npuq.analysis.head_compare import measure_head
 from npuq.data.calib import random_calibration
@@ -90,11 +90,9 @@ def main() -> None:
         tcfg = RUNS[name]["train"]
         cfg = config_dict(HeadFinetuneConfig(head="*", data=tcfg.data, frames=tcfg.frames, steps=args.steps,
                                              qaf_steps=args.qaf_steps))
-        test_frames = RUNS[name]["test_frames"]
         publish(f"heads-{name}", f"Output heads on equal terms, {name} (abs_rel)", rows, columns,
                 {"seed": SEED, "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",
-                 "test data": RUNS[name]["test"] + (f" frames {test_frames.start}:{test_frames.stop}"
-                                                    if test_frames else ""), "fine-tune": cfg,
+                 "test data": test_description(RUNS[name]), "fine-tune": cfg,
                  MISASSIGNED: "share of valid GT pixels whose whole metre the INT8 model reads differently "
                               "from FP32 (int-frac only, npu-default, first 16 test frames)"})
 

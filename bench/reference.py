@@ -37,6 +37,12 @@ RUNS = {
 }
 
 
+def test_description(run: dict) -> str:
+    """The test data of a run, with its frame range when it has one."""
+    frames = run["test_frames"]
+    return run["test"] + (f" frames {frames.start}:{frames.stop}" if frames else "")
+
+
 def reference_checkpoint(name: str, retrain: bool = False) -> tuple[str, float | None]:
     """The cached reference checkpoint of ``name``, training it first if needed; (path, train seconds)."""
     cfg = RUNS[name]["train"]

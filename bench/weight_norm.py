@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from common import CACHE, publish
-from reference import RUNS, SIZE, reference_checkpoint
+from reference import RUNS, SIZE, reference_checkpoint, test_description
 
 from npuq.analysis.metrics import evaluate
 from npuq.data.calib import random_calibration
@@ -93,7 +93,7 @@ def main() -> None:
         rows, layers = run_dataset(name, args.steps, strengths)
         context = {"seed": SEED, "profile": PROFILE, "steps": args.steps, "strengths": strengths,
                    "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",
-                   "test data": RUNS[name]["test"]}
+                   "test data": test_description(RUNS[name])}
         columns = ["model", "FP32", "FP32 change", "INT8 CLE on", "INT8 CLE off", "weight SQNR mean dB",
                    "weight SQNR min dB", "imbalance mean dB"]
         publish(f"weight-norm-{name}", f"Weight normalization before/after, {name} (abs_rel; per-tensor "
