@@ -208,7 +208,8 @@ def main() -> None:
     context = {"command": command, "machine": results[0].get("machine"), "profile": PROFILE,
                "seeds": list(SEEDS), "sizes": list(SIZES),
                "pools": {r["dataset"]: r["pool"] for r in results},
-               "test": {r["dataset"]: f"{r['test']} ({r['test_frames']} frames)" for r in results},
+               "test": {r["dataset"]: f"{test_description(RUNS[r['dataset']])} (first {r['test_frames']})"
+                        for r in results},
                "fp32 abs_rel": {r["dataset"]: r["fp32"] for r in results},
                "plot": plot_path.name,
                "note": "diverse (k-center greedy) is seed-independent: one run per size",
