@@ -362,28 +362,3 @@ def stored_training_size(model_path: str | Path) -> tuple[int, int] | None:
         return None
     size = ((saved.get("extra") or {}).get("train") or {}).get("config", {}).get("size")
     return (int(size[0]), int(size[1])) if size else None
-
-
-def evaluate_checkpoint(
-    model_path: str | Path,
-    data: str,
-    size: tuple[int, int] | None = None,
-    metric_cfg: MetricConfig | None = None,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> dict[str, float | int]:
-    """Score a checkpoint on a dataset: RGB resized to the model's input size, GT at native resolution.
-
-    ``size`` defaults to the size stored in the checkpoint by ``train``.
-    """
-    from npuq.data.datasets import open_dataset
-    from npuq.models.checkpoint import load_model
-
-    if size is None:
-        size = stored_training_size(model_path)
-        if size is None:
-            raise NpuqError(f"{model_path}: no training size stored in the checkpoint; pass a size (HxW)")
-    model = load_model(model_path)
-    model.eval()
-    dataset = open_dataset(data, size=size, depth_at="native")
-    return evaluate(model.predict_depth, dataset, metric_cfg or MetricConfig(), batch_size, progress)

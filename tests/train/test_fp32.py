@@ -14,7 +14,6 @@ from npuq.train.fp32 import (
     augment_batch,
     batch_indices,
     build_model,
-    evaluate_checkpoint,
     load_batch,
     lr_factor,
     scale_depths,
@@ -170,13 +169,17 @@ def test_refuses_to_overwrite_without_force(tmp_path):
     assert saved(out)["extra"]["train"]["finished"]
 
 
-def test_evaluate_checkpoint_uses_stored_size_and_returns_all_metrics(tmp_path):
+def test_evaluation_uses_the_stored_size_and_returns_all_metrics(tmp_path):
+    from npuq.analysis.metrics import MetricConfig
+    from npuq.pipeline import evaluate_model
+
     out = tmp_path / "m.pt"
     train(tiny(out, steps=2, val_data="synth:n=2,seed=9,size=64x64"), progress=False)
     checkpoint = saved(out)["extra"]
     assert checkpoint["train"]["config"]["size"] == [64, 64]
     assert set(METRIC_NAMES) <= set(checkpoint["val"])
-    result = evaluate_checkpoint(out, "synth:n=4,seed=5,size=64x64", batch_size=2)
+    result = evaluate_model(out, "synth:n=4,seed=5,size=64x64", MetricConfig(), batch_size=2, progress=False)
+    assert result["n_images"] > 0
     assert set(METRIC_NAMES) <= set(result)
     assert result["n_images"] + result["n_skipped"] == 4
     assert all(result[name] == result[name] for name in METRIC_NAMES)  # not NaN
