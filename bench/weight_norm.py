@@ -49,8 +49,8 @@ def score(model, calib, test, metric) -> dict:
         row[f"INT8 CLE {'on' if cle else 'off'}"] = evaluate(depth_predictor(sim, model.head), test,
                                                              metric)["abs_rel"]
     sqnr, imbalance = per_tensor_weight_sqnr(model), weight_range_imbalance(model)
-    row["weight SQNR mean dB"] = summarize(sqnr)["mean"]
-    row["weight SQNR min dB"] = summarize(sqnr)["min"]
+    sqnr_summary = summarize(sqnr)
+    row["weight SQNR mean dB"], row["weight SQNR min dB"] = sqnr_summary["mean"], sqnr_summary["min"]
     row["imbalance mean dB"] = summarize(imbalance)["mean"]
     return row, sqnr
 

@@ -38,7 +38,8 @@ def measure_head(model: nn.Module, profiles: Mapping[str, Any], calib_rgb: torch
     for name, profile in profiles.items():
         sim = simulate_ptq(model, profile, calib_rgb, progress=False)
         row[f"int8 {name}"] = evaluate(depth_predictor(sim, head), test, metric_cfg)["abs_rel"]
-        first = first or sim
+        if first is None:
+            first = sim
     grids = grids_from_sim(first, len(head.output_names))
     row["output floor"] = gt_quantization_floor(head, grids, test, metric_cfg)["abs_rel"]
     if hasattr(head, "integer_level"):

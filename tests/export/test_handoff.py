@@ -16,19 +16,6 @@ POOL = "synth:n=6,seed=0,size=64x64"
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from npuq.models.checkpoint import save_checkpoint
-    from npuq.models.depth_resnet import DepthNetConfig, DepthResNet
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = DepthResNet(DepthNetConfig(depth=18))
-    path = tmp_path_factory.mktemp("handoff") / "float.pt"
-    save_checkpoint(path, model, extra={"train": {"config": {"size": [64, 64]}}})
-    return path
-
-
-@pytest.fixture(scope="module")
 def handoff(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("handoff_out") / "h"
     return out, export_handoff(tiny_checkpoint, POOL, None, out, n_calib=3, seed=1)

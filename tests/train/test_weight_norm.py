@@ -95,19 +95,6 @@ def test_config_validation():
         WeightNormConfig(strength=-1.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from npuq.models.checkpoint import save_checkpoint
-    from npuq.models.depth_resnet import DepthNetConfig, DepthResNet
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = DepthResNet(DepthNetConfig(depth=18))
-    path = tmp_path_factory.mktemp("wn") / "float.pt"
-    save_checkpoint(path, model, extra={"train": {"config": {"size": [64, 64]}}})
-    return path
-
-
 def test_finetune_writes_a_loadable_checkpoint(tmp_path, tiny_checkpoint):
     from npuq.models.checkpoint import load_checkpoint_dict, load_model
     from npuq.pipeline import training_size
