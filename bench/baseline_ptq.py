@@ -27,9 +27,15 @@ from npuq.quant.profile import PROFILE_DIR, load_profile
 
 N_CALIB = 100
 SEED = 0
-SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
+SHIPPED = ("npu-default", "npu-ort-entropy", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
+# (range, variant field, variant): every activation calibrator the simulator models
+CALIBRATORS = (("minmax", None, None), ("percentile", "percentile_variant", "npuq"),
+               ("percentile", "percentile_variant", "onnxruntime"), ("mse", "mse_variant", "npuq"),
+               ("mse", "mse_variant", "modelopt"), ("kl", "kl_variant", "tensorrt"),
+               ("kl", "kl_variant", "onnxruntime"))
+BIAS_CORRECTIONS = ("off", "empirical", "empirical-sequential")
 MATRIX_TEST_FRAMES = 200
-PARTS = ("shipped", "ort", "cost", "matrix", "analyze")  # ort, cost, matrix run on the synthetic model
+PARTS = ("shipped", "ort", "cost", "matrix", "bias", "analyze")  # ort and cost run on the synthetic model
 ANALYSIS_SYNTH_TEST = "synth:n=200,seed=1,size=128x160"
 
 
@@ -52,26 +58,47 @@ def int8_abs_rel(model, profile, calib, test, metric) -> tuple[dict, float, obje
 
 
 def shipped_rows(name, model, calib, test, metric, fp32) -> list[dict]:
-    rows = [{"dataset": name, "model": "FP32", "abs_rel": fp32["abs_rel"], "rmse": fp32["rmse"],
-             "a1": fp32["a1"], "x FP32": 1.0}]
+    rows = [{"dataset": name, "model": "FP32", "calibrator": "", "abs_rel": fp32["abs_rel"],
+             "rmse": fp32["rmse"], "a1": fp32["a1"], "x FP32": 1.0}]
     for prof_name in SHIPPED:
-        m, _, _ = int8_abs_rel(model, load_profile(prof_name), calib, test, metric)
-        rows.append({"dataset": name, "model": f"INT8 sim ({prof_name})", "abs_rel": m["abs_rel"],
+        profile = load_profile(prof_name)
+        m, _, _ = int8_abs_rel(model, profile, calib, test, metric)
+        rows.append({"dataset": name, "model": f"INT8 sim ({prof_name})",
+                     "calibrator": profile.activations.calibrator, "abs_rel": m["abs_rel"],
                      "rmse": m["rmse"], "a1": m["a1"], "x FP32": m["abs_rel"] / fp32["abs_rel"]})
     return rows
 
 
 def what_if_matrix(name, model, calib, test, metric, fp32) -> list[dict]:
+    """npu-default with each activation grid x calibrator variant x bias correction (CLE on: on both
+    references CLE on/off moved INT8 abs_rel by <= 0.0006 in the earlier matrix)."""
     base = load_profile("npu-default")
     rows = []
-    for symmetric, method, bc, cle in itertools.product((True, False), ("minmax", "percentile", "mse", "kl"),
-                                                         ("empirical", "off"), (True, False)):
-        act = {"symmetric": symmetric, "range": method}
-        prof = base.replace(activations=act, bias_correction=bc, cle=cle)
+    for symmetric, (method, field, variant), bc in itertools.product(
+            (True, False), CALIBRATORS, ("empirical", "off")):
+        if (method, variant) == ("mse", "modelopt") and not symmetric:
+            continue  # ModelOpt's MSE search has no asymmetric form
+        act = {"symmetric": symmetric, "range": method, **({field: variant} if field else {})}
+        prof = base.replace(activations=act, bias_correction=bc)
         m, _, _ = int8_abs_rel(model, prof, calib, test, metric)
-        rows.append({"activations": "sym int8" if symmetric else "asym uint8", "range": method,
-                     "bias corr": bc, "CLE": "on" if cle else "off", "abs_rel": m["abs_rel"],
+        rows.append({"activations": "sym int8" if symmetric else "asym uint8",
+                     "calibrator": prof.activations.calibrator, "bias corr": bc, "abs_rel": m["abs_rel"],
                      "x FP32": m["abs_rel"] / fp32["abs_rel"], "a1": m["a1"]})
+    return rows
+
+
+def bias_correction_rows(name, model, calib, test, metric, fp32) -> list[dict]:
+    """npu-default under each symmetric calibrator with bias correction off, npuq's (Brevitas
+    semantics) and AIMET's sequential one, with its cost."""
+    base = load_profile("npu-default")
+    rows = []
+    for (method, field, variant), bc in itertools.product(CALIBRATORS, BIAS_CORRECTIONS):
+        act = {"range": method, **({field: variant} if field else {})}
+        prof = base.replace(activations=act, bias_correction=bc)
+        m, seconds, _ = int8_abs_rel(model, prof, calib, test, metric)
+        rows.append({"dataset": name, "calibrator": prof.activations.calibrator, "bias corr": bc,
+                     "abs_rel": m["abs_rel"], "x FP32": m["abs_rel"] / fp32["abs_rel"],
+                     "simulate_ptq s": seconds})
     return rows
 
 
@@ -159,12 +186,19 @@ def main() -> None:
             if "cost" in parts:
                 cost = cost_rows(model, name, test, metric)
                 publish("ptq-cost", "Cost of the simulation", cost, ["what", "seconds"], ctx)
-            if "matrix" in parts:
-                matrix_test = test[:MATRIX_TEST_FRAMES]
-                fp32_m = evaluate(depth_predictor(model, model.head), matrix_test, metric)
-                matrix = what_if_matrix(name, model, calib, matrix_test, metric, fp32_m)
-                publish("what-if-synthetic", f"What-if matrix on {len(matrix_test)} synthetic test frames "
-                        f"(FP32 abs_rel {fp32_m['abs_rel']:.4f})", matrix, list(matrix[0]), ctx)
+        if parts & {"matrix", "bias"}:
+            matrix_test = test[:MATRIX_TEST_FRAMES]
+            fp32_m = evaluate(depth_predictor(model, model.head), matrix_test, metric)
+            mctx = {**ctx, "test frames": len(matrix_test)}
+        if "matrix" in parts:
+            matrix = what_if_matrix(name, model, calib, matrix_test, metric, fp32_m)
+            publish(f"what-if-{name}", f"What-if matrix on {len(matrix_test)} {name} test frames "
+                    f"(FP32 abs_rel {fp32_m['abs_rel']:.4f})", matrix, list(matrix[0]), mctx)
+        if "bias" in parts:
+            rows = bias_correction_rows(name, model, calib, matrix_test, metric, fp32_m)
+            title = (f"Bias correction semantics under each calibrator, {name} "
+                     f"(npu-default otherwise; FP32 abs_rel {fp32_m['abs_rel']:.4f})")
+            publish(f"bias-correction-{name}", title, rows, list(rows[0]), mctx)
 
 
 if __name__ == "__main__":

@@ -344,7 +344,9 @@ def profile_show(profile: Annotated[str, typer.Argument(help="Profile YAML or sh
     """Validate a profile and print it with all defaults filled in."""
     from npuq.quant.profile import load_profile
 
-    typer.echo(load_profile(profile).to_yaml(), nl=False)
+    loaded = load_profile(profile)
+    typer.echo(f"# activation calibrator: {loaded.activations.calibrator}")
+    typer.echo(loaded.to_yaml(), nl=False)
 
 
 @app.command()

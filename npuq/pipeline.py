@@ -168,4 +168,5 @@ def export_onnx(model_path: str | Path, out: str | Path, quant_dir: str | Path |
     check = compare_with_sim(sim, path, check_rgb)
     ops = fused_integer_ops(path)
     return {"out": str(path), "outputs": names, "agreement_within_one_step": check["agreement"],
+            "integer_kernel_agreement": check["integer_agreement"], "cpu_has_vnni": check["cpu_has_vnni"],
             "per_output": check["outputs"], "integer_ops": integer_op_count(ops), "ort_ops": ops}

@@ -11,11 +11,21 @@ layer's input quantizer as calibrated and layer_q uses the quantized weights (an
 cancels). The shift is then subtracted from the float bias, which the toolchain quantizes afterwards.
 
 It is per-layer on float inputs: all layers are measured in one float pass over the calibration data,
-so a correction does not see the errors of the layers before it (no sequential re-measurement).
+so a correction does not see the errors of the layers before it (no sequential re-measurement). These
+are Brevitas's semantics (``bias_correction_mode``: each layer's float output against its output with
+input, weight and bias quantization on, on the float upstream outputs, all layers from one pass).
+
+``bias_correction: empirical-sequential`` is AIMET's (``aimet_torch.bias_correction.correct_bias``,
+empirical): layer by layer in network order, the float model's mean output against the mean output of
+the quantized model with every activation (output) quantizer off, so it corrects the weight
+quantization error accumulated up to the layer, with the earlier layers' corrections in place, and
+never the activation clipping. Both compare pre-activation outputs and subtract E[quant] - E[float]
+per output channel (mean over batch and space) from the bias.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -60,6 +70,42 @@ def measure_output_shift(
     try:
         for batch in batches:
             run_float(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in layers if sums[name] is not None}
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def output_means(run: Callable[[torch.Tensor], object], layers: Mapping[str, nn.Module],
+                 batches: Iterable[torch.Tensor], stop_after: bool = False) -> dict[str, torch.Tensor]:
+    """Per layer, the mean output per channel over the batches of ``run(batch)`` (float64).
+    ``stop_after`` (one layer only): abandon each forward once the layer has run."""
+    if stop_after and len(layers) != 1:
+        raise ValueError("stop_after needs exactly one layer")
+    sums = dict.fromkeys(layers)
+    counts = dict.fromkeys(layers, 0)
+
+    def hook_for(name: str):
+        def hook(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            axis = channel_axis(layer)
+            total = per_channel_sum(output, axis)
+            sums[name] = total if sums[name] is None else sums[name] + total
+            counts[name] += output.numel() // output.shape[axis]
+            if stop_after:
+                raise _StopForward
+
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
+    try:
+        for batch in batches:
+            with contextlib.suppress(_StopForward):
+                run(batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -4,39 +4,50 @@ Activations are calibrated in two passes over the same data:
 
 1. ``observe_minmax`` tracks the running min/max (and the element count);
 2. ``observe_histogram`` (only when ``needs_histogram``) accumulates a histogram whose range is fixed
-   from pass 1: |x| over [0, max|x|] for symmetric (signed) grids, TensorRT style, and x over
-   [min(min_val, 0), max(max_val, 0)] for asymmetric (unsigned) grids. The asymmetric range is widened
-   to contain 0 because the grid always does (see ``scale_zero_point``), so the histogram covers
-   exactly the span the grid can be asked to cover.
+   from pass 1, laid out as the calibrator in use lays it out (``hist_layout``).
 
-``compute_range`` then picks (lo, hi) by ``cfg.range``:
+``compute_range`` then picks (lo, hi) by ``cfg.range`` and, for the histogram methods, the named
+calibrator variant (``cfg.kl_variant`` / ``mse_variant`` / ``percentile_variant``). Each variant is a
+public algorithm of a real toolchain, re-implemented here from its published description and checked
+against the library itself in tests/quant/test_calibrator_references.py.
 
 - ``minmax``: (min_val, max_val).
-- ``percentile``: the p-th percentile of |x| -> (-T, T) (symmetric), or the (100-p)-th and p-th
-  percentiles of x (asymmetric); linear interpolation inside the histogram bin.
-- ``mse``: the threshold minimising the expected squared quantize-dequantize error over the histogram.
-  Values are taken as uniform inside each bin and the error of the exact grid (round, clamp, integer
-  zero-point) is integrated in closed form, so a bin wider than a quantization step still gets its
-  true rounding error (bin centres alone would alias the step). Candidates: 96 thresholds spaced
+- ``kl`` / ``tensorrt``: TensorRT entropy calibration as pytorch-quantization and NVIDIA ModelOpt run
+  it (``_compute_amax_entropy``): a 2048-bin histogram of |x| over [0, max|x|], zeros included but bin
+  0 overwritten with bin 1 (their fix for the ReLU spike). For every length i from 128 bins to the
+  whole histogram: P = hist[:i] with the outliers hist[i:] added to its last bin; Q = hist[:i] merged
+  into 2^(bits-1) groups (bin j belongs to group k when k*i/levels <= j < (k+1)*i/levels) and spread
+  evenly back over each group's non-empty bins; minimise KL(P || Q). A candidate whose last bin is
+  empty while outliers were folded into it has Q = 0 where P > 0: KL is infinite and it is never
+  chosen. Ties go to the longest i; the threshold is the right edge of P's last bin, i * bin width.
+  Asymmetric grids (which TensorRT does not have) run the same search per side in turn (hi with lo at
+  min, lo with that hi, hi again) on a histogram of x, with all 2^bits levels.
+- ``kl`` / ``onnxruntime``: ONNX Runtime's entropy calibrator (``HistogramCollector.get_entropy_threshold``):
+  a signed histogram of x over [-max|x|, max|x|] (128 bins by default, ``hist_bins``), windows of 2i+1
+  bins around the zero bin for i from ``kl_quantized_bins``/2 to half the histogram, outliers folded
+  into both end bins, Q merged in groups of len // ``kl_quantized_bins`` bins (the remainder in the
+  last group and, as ORT does it, not spread back), Q truncated to integers, both P and Q smoothed
+  (zeros -> 1e-4), float32 KL, first minimum. Its thresholds (edge[zero-i], edge[zero+i+1]) are
+  clamped to the observed min and max. With the default 128 bins there is a single window, the whole
+  histogram: ONNX Runtime's entropy is then min/max.
+- ``percentile`` / ``npuq``: the p-th percentile of |x| -> (-T, T) (symmetric), or the (100-p)-th and
+  p-th percentiles of x (asymmetric); linear interpolation inside the histogram bin.
+- ``percentile`` / ``onnxruntime`` (``HistogramCollector.compute_percentile``): symmetric: histogram of
+  |x| over [min|x|, max|x|], T = the left edge of the bin where the CDF reaches p; asymmetric: signed
+  histogram over [-max|x|, max|x|] and the left edges at (100-p)/200 and 1-(100-p)/200; clamped to
+  the observed min and max.
+- ``mse`` / ``npuq``: the threshold minimising the expected squared quantize-dequantize error over the
+  histogram. Values are taken as uniform inside each bin and the error of the exact grid (round, clamp,
+  integer zero-point) is integrated in closed form, so a bin wider than a quantization step still gets
+  its true rounding error (bin centres alone would alias the step). Candidates: 96 thresholds spaced
   geometrically from one bin to the full range, then 48 linear ones between the best one's neighbours.
   Symmetric searches T -> (-T, T), also for non-negative tensors (the signed grid then wastes its
   negative half: the pessimistic NPU). Asymmetric runs 1-D searches in turn: hi with lo at its
   widest, lo with that hi, hi again (coordinate descent; a side that sits at 0 cannot move, skipped).
-- ``kl``: TensorRT entropy calibration. For each candidate length i (in bins) from the number of
-  grid levels on the searched side to the full histogram: P = hist[:i] with the outliers hist[i:]
-  added to its last bin; Q = hist[:i] (without outliers, as in the TensorRT slides) merged into
-  ``levels`` groups and spread evenly back over the non-empty bins; minimise KL(P || Q). The threshold
-  is the right edge of P's last bin, i * bin_width (the pytorch-quantization convention; the slides'
-  (i + 0.5) differs by half a bin). A bin where P has mass but Q has none (the last bin when it is
-  empty but outliers were folded into it) gets a count of 1e-4 of an average bin (smoothing of zeros).
-  Levels: 2^(bits-1) for signed grids (the non-negative half: 128 at 8 bits, as TensorRT) and 2^bits
-  for unsigned grids (all 256 levels lie between lo and hi). Asymmetric KL uses the same alternating
-  1-D searches as mse: hi with lo fixed at min (for non-negative tensors exactly the TensorRT
-  post-ReLU case), then lo with hi fixed (histogram mirrored), then hi again.
-
-Exact zeros are left out of the mse and kl histograms: zero is exactly representable on every grid, so
-they carry no error, and after a ReLU they would otherwise dominate the first bin (pytorch-quantization
-works around the same spike by overwriting bin 0). They still count for percentiles.
+  Exact zeros are left out (they are exact on every grid and would dominate the first bin after a ReLU).
+- ``mse`` / ``modelopt`` (``_compute_amax_mse``): the |x| histogram of ``kl``/``tensorrt``; candidates
+  are the bin centres from bin 128 on, each bin's error is that of its centre on the narrow signed grid
+  (+-(2^(bits-1)-1) levels); first minimum. Symmetric grids only.
 """
 
 from __future__ import annotations
@@ -51,7 +62,8 @@ from npuq.quant.quantizer import MIN_SCALE, IntGrid, fake_quant, fake_quant_per_
 
 MSE_COARSE_CANDIDATES = 96
 MSE_FINE_CANDIDATES = 48
-KL_ZERO_SMOOTHING = 1e-4
+TRT_START_BIN = 128  # pytorch-quantization / ModelOpt: the shortest candidate, whatever the bit width
+ORT_SMOOTHING = 1e-4
 WEIGHT_MSE_COARSE = np.linspace(0.05, 1.0, 20)
 WEIGHT_MSE_FINE_HALF_WIDTH = 0.05
 WEIGHT_MSE_FINE_STEPS = 11
@@ -75,13 +87,15 @@ class RangeObserver:
     (elements seen in pass 1); ``stats()`` gives them as a dict.
     """
 
-    def __init__(self, cfg: TensorQuantConfig, bins: int = 2048):
+    def __init__(self, cfg: TensorQuantConfig, bins: int | None = None):
+        bins = cfg.histogram_bins if bins is None else bins
         if bins < 8:
             raise ValueError(f"histogram needs at least 8 bins, got {bins}")
         self.cfg = cfg
         self.bins = bins
         self.min_val = math.inf
         self.max_val = -math.inf
+        self.absmin = math.inf  # tracked only for the layout that needs it ("abs_from_min")
         self.n = 0
         self.hist: np.ndarray | None = None
         self.zero_count = 0
@@ -89,6 +103,18 @@ class RangeObserver:
     @property
     def needs_histogram(self) -> bool:
         return self.cfg.range != "minmax"
+
+    @property
+    def hist_layout(self) -> str:
+        """How the histogram is laid out: ``abs`` (|x| over [0, max|x|]), ``abs_from_min`` (|x| over
+        [min|x|, max|x|]), ``centred`` (x over [-max|x|, max|x|]) or ``span`` (x over the observed span
+        widened to contain 0)."""
+        cfg = self.cfg
+        if (cfg.range, cfg.kl_variant) == ("kl", "onnxruntime"):
+            return "centred"
+        if (cfg.range, cfg.percentile_variant) == ("percentile", "onnxruntime"):
+            return "abs_from_min" if cfg.symmetric else "centred"
+        return "abs" if cfg.symmetric else "span"
 
     @property
     def absmax(self) -> float:
@@ -112,6 +138,8 @@ class RangeObserver:
         lo, hi = check_finite(x, "activation")
         self.min_val = min(self.min_val, lo)
         self.max_val = max(self.max_val, hi)
+        if self.hist_layout == "abs_from_min":
+            self.absmin = min(self.absmin, float(x.detach().abs().min()))
         self.n += x.numel()
 
     def _unclipped_range(self) -> tuple[float, float]:
@@ -119,9 +147,14 @@ class RangeObserver:
         return (-self.absmax, self.absmax) if self.cfg.symmetric else (self.min_val, self.max_val)
 
     def hist_range(self) -> tuple[float, float]:
-        """The value span the histogram covers (|x| for symmetric, x for asymmetric)."""
-        if self.cfg.symmetric:
+        """The value span the histogram covers (of |x| for the ``abs`` layouts, of x otherwise)."""
+        layout = self.hist_layout
+        if layout == "abs":
             return 0.0, self.absmax
+        if layout == "abs_from_min":
+            return self.absmin, self.absmax
+        if layout == "centred":
+            return -self.absmax, self.absmax
         return min(self.min_val, 0.0), max(self.max_val, 0.0)
 
     def observe_histogram(self, x: torch.Tensor) -> None:
@@ -137,9 +170,9 @@ class RangeObserver:
             return
         values = x.detach().float()
         v_lo, v_hi = check_finite(values, "activation")
-        if self.cfg.symmetric:
+        if self.hist_layout.startswith("abs"):
             values = values.abs()
-            v_lo, v_hi = 0.0, max(-v_lo, v_hi)
+            v_lo, v_hi = float(values.min()), max(-v_lo, v_hi)
         if v_lo < lo or v_hi > hi:  # torch.histc would silently drop them
             values = values.clamp(lo, hi)
         counts = torch.histc(values, self.bins, lo, hi)
@@ -162,13 +195,17 @@ class RangeObserver:
             return self._unclipped_range()
         if self.hist is None:
             raise ValueError(f"range method {method!r} needs the histogram pass (observe_histogram)")
-        if method == "percentile":
-            return self._percentile_range()
-        if method == "mse":
-            return self._mse_range(grid)
-        if method == "kl":
-            return self._kl_range(grid)
-        raise ValueError(f"unknown range method {method!r}")
+        search = {
+            ("percentile", "npuq"): self._percentile_range,
+            ("percentile", "onnxruntime"): self._ort_percentile_range,
+            ("mse", "npuq"): lambda: self._mse_range(grid),
+            ("mse", "modelopt"): lambda: self._modelopt_mse_range(grid),
+            ("kl", "tensorrt"): lambda: self._kl_range(grid),
+            ("kl", "onnxruntime"): self._ort_entropy_range,
+        }.get((method, self.cfg.variant))
+        if search is None:
+            raise ValueError(f"unknown range method {method!r} (variant {self.cfg.variant!r})")
+        return search()
 
     # -- percentile ---------------------------------------------------------------------------------
 
@@ -181,6 +218,23 @@ class RangeObserver:
         low = max(_hist_quantile(self.hist, lo, hi, 1.0 - q), self.min_val)
         high = min(_hist_quantile(self.hist, lo, hi, q), self.max_val)
         return low, high
+
+    def _edges(self) -> np.ndarray:
+        lo, hi = self.hist_range()
+        return np.linspace(lo, hi, self.bins + 1)
+
+    def _ort_percentile_range(self) -> tuple[float, float]:
+        edges = self._edges()
+        cdf = np.cumsum(self.hist / self.hist.sum())
+        p = self.cfg.percentile
+        if self.cfg.symmetric:
+            t = float(edges[min(int(np.searchsorted(cdf, p / 100.0)), self.bins)])
+            low, high = -t, t
+        else:
+            cut = (100.0 - p) / 200.0
+            low = float(edges[min(int(np.searchsorted(cdf, cut)), self.bins)])
+            high = float(edges[min(int(np.searchsorted(cdf, 1.0 - cut)), self.bins)])
+        return max(low, self.min_val), min(high, self.max_val)
 
     # -- mse ----------------------------------------------------------------------------------------
 
@@ -217,16 +271,29 @@ class RangeObserver:
                 hi = _search_1d(lambda hs: error(np.full_like(hs, lo), hs), hi0, self.bins)
         return (lo if lo0 < 0 else self.min_val), (hi if hi0 > 0 else self.max_val)
 
+    def _modelopt_mse_range(self, grid: IntGrid) -> tuple[float, float]:
+        if not grid.signed:
+            raise ValueError("mse_variant modelopt searches a symmetric grid only")
+        edges = self._edges()
+        t = modelopt_mse_threshold(self.hist, edges, grid.qmax)
+        return -t, t
+
     # -- kl -----------------------------------------------------------------------------------------
+
+    def _ort_entropy_range(self) -> tuple[float, float]:
+        low, high = ort_entropy_threshold(self.hist, self._edges(), self.cfg.kl_quantized_bins)
+        return max(low, self.min_val), min(high, self.max_val)
 
     def _kl_range(self, grid: IntGrid) -> tuple[float, float]:
         lo0, hi0 = self.hist_range()
-        hist = self._nonzero_hist()
         width = (hi0 - lo0) / self.bins
         if self.cfg.symmetric:
+            hist = self.hist.copy()
+            hist[0] = hist[1]  # pytorch-quantization's and ModelOpt's answer to the spike of zeros
             i = kl_best_length(hist, grid.qmax + 1)
             t = min(i * width, self.absmax)
             return -t, t
+        hist = self._nonzero_hist()
         levels = grid.qmax - grid.qmin + 1
         zero_edge = -lo0 / width
         z_hi, z_lo = math.ceil(zero_edge - 1e-9), math.floor(zero_edge + 1e-9)
@@ -235,12 +302,12 @@ class RangeObserver:
         def search_hi() -> int:
             seg = hist[e_lo:].copy()
             seg[0] += hist[:e_lo].sum()
-            return e_lo + kl_best_length(seg, levels, z_hi - e_lo)
+            return e_lo + kl_best_length(seg, levels, max(z_hi - e_lo, TRT_START_BIN))
 
         def search_lo() -> int:
             seg = hist[:e_hi][::-1].copy()
             seg[0] += hist[e_hi:].sum()
-            return e_hi - kl_best_length(seg, levels, e_hi - z_lo)
+            return e_hi - kl_best_length(seg, levels, max(e_hi - z_lo, TRT_START_BIN))
 
         if hi0 > 0:
             e_hi = search_hi()
@@ -339,17 +406,20 @@ def _xlogx(v: np.ndarray) -> np.ndarray:
     return v * _safe_log(v)
 
 
-def kl_divergences(hist: np.ndarray, levels: int, min_length: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def kl_divergences(hist: np.ndarray, levels: int,
+                   min_length: int = TRT_START_BIN) -> tuple[np.ndarray, np.ndarray]:
     """KL(P||Q) of TensorRT entropy calibration for every candidate length i (bins kept, anchored at
-    bin 0) in [max(levels, min_length), len(hist)]; returns (lengths, divergences), inf where Q is empty.
+    bin 0) in [min_length, len(hist)]; returns (lengths, divergences), inf where Q is 0 and P is not.
 
     Vectorised with cumulative sums: KL = [sum P log P - sum P log Q] / N + log(sum Q) - log N, and
     sum P log Q reduces to a sum over the ``levels`` groups because Q is constant on the non-empty bins
-    of each group (plus the outliers folded into the last bin).
+    of each group (plus the outliers folded into the last bin). Group k holds the bins j with
+    k*i/levels <= j < (k+1)*i/levels, i.e. from ceil(k*i/levels) on (``np.digitize`` on
+    ``linspace(0, i, levels + 1)``, exact because ``levels`` is a power of two).
     """
     h = np.asarray(hist, dtype=np.float64)
     total = h.sum()
-    i = np.arange(max(levels, min_length, 1), h.size + 1)
+    i = np.arange(max(min_length, 1), h.size + 1)
     if i.size == 0 or total <= 0:
         return i, np.full(i.size, np.inf)
     cum = np.concatenate([[0.0], np.cumsum(h)])
@@ -360,16 +430,16 @@ def kl_divergences(hist: np.ndarray, levels: int, min_length: int = 1) -> tuple[
     last = h[i - 1]
     p_log_p = cum_xlogx[i - 1] + _xlogx(last + outliers)
 
-    edges = (i[:, None] * np.arange(levels + 1)[None, :]) // levels
+    edges = -((-i[:, None] * np.arange(levels + 1)[None, :]) // levels)
     group_sum = cum[edges[:, 1:]] - cum[edges[:, :-1]]
     group_nonzero = cum_nonzero[edges[:, 1:]] - cum_nonzero[edges[:, :-1]]
     share = group_sum / np.maximum(group_nonzero, 1)
     q_total = cum[i]
-    q_last = np.where(last > 0, share[:, -1], KL_ZERO_SMOOTHING * q_total / i)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p_log_q = (group_sum * _safe_log(share)).sum(1) + outliers * _safe_log(q_last)
+        p_log_q = (group_sum * _safe_log(share)).sum(1) + outliers * _safe_log(share[:, -1])
         kl = (p_log_p - p_log_q) / total - math.log(total) + np.log(q_total)
-    return i, np.where(q_total > 0, kl, np.inf)
+    empty_last = (last == 0) & (outliers > 0)
+    return i, np.where((q_total > 0) & ~empty_last, kl, np.inf)
 
 
 def _safe_log(v: np.ndarray) -> np.ndarray:
@@ -377,23 +447,77 @@ def _safe_log(v: np.ndarray) -> np.ndarray:
     return np.log(np.where(v > 0, v, 1.0))
 
 
-def kl_best_length(hist: np.ndarray, levels: int, min_length: int = 1) -> int:
+def kl_best_length(hist: np.ndarray, levels: int, min_length: int = TRT_START_BIN) -> int:
     """The number of bins to keep with the least KL divergence (ties: the longest). len(hist) when
-    there is nothing to search: too few bins for the grid levels, or an empty histogram.
+    there is nothing to search: fewer bins than ``min_length``, or no finite divergence.
 
-    Candidates start ``levels`` bins past the first non-empty bin rather than at ``levels``: TensorRT's
-    start, measured from where the data begins. For data that starts at or near 0 (after a ReLU, or
-    |x| of a centred tensor) this is the same; for data away from 0 (a sigmoid output around 0.5) the
-    literal rule would let P and Q both collapse to one spike at the data minimum with KL = 0, i.e.
-    clip the whole tensor to a constant.
+    As in the reference, a tensor whose values all lie far from 0 (a sigmoid output in [0.3, 0.7],
+    say) can reach KL = 0 just past its minimum, where P and Q are the same single spike: the search
+    then clips the whole tensor to about its minimum. npuq reproduces that rather than guarding it.
     """
-    nonempty = np.flatnonzero(np.asarray(hist) > 0)
-    first = int(nonempty[0]) if nonempty.size else 0
-    lengths, kl = kl_divergences(hist, levels, max(min_length, first + levels))
+    lengths, kl = kl_divergences(hist, levels, min_length)
     if lengths.size == 0 or not np.isfinite(kl).any():
         return int(np.asarray(hist).size)
     best = np.flatnonzero(kl <= kl.min() + 1e-12 * max(abs(kl.min()), 1.0))
     return int(lengths[best[-1]])
+
+
+def ort_entropy_threshold(hist: np.ndarray, edges: np.ndarray, quantized_bins: int) -> tuple[float, float]:
+    """ONNX Runtime's entropy threshold (lo, hi) of a centred histogram, before the min/max clamp."""
+    hist = np.asarray(hist, dtype=np.int64)
+    n = hist.size
+    zero, half = n // 2, quantized_bins // 2
+    best, best_kl = (float(edges[0]), float(edges[-1])), np.inf
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, n)
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += hist[:start].sum()
+        p[-1] += hist[end:].sum()
+        merged = sliced.size // quantized_bins
+        groups = sliced[: quantized_bins * merged].reshape(quantized_bins, merged).sum(1)
+        groups[-1] += sliced[quantized_bins * merged:].sum()
+        nonzero = (p[: quantized_bins * merged] != 0).reshape(quantized_bins, merged).sum(1)
+        q = np.zeros(p.size, dtype=np.int64)
+        spread = np.where(nonzero > 0, groups // np.maximum(nonzero, 1), 0)
+        q[: quantized_bins * merged] = np.repeat(spread, merged)
+        kl = _ort_kl(p, q)
+        if kl < best_kl:  # strict: the first minimum, as np.argmin
+            best, best_kl = (float(edges[start]), float(edges[end])), kl
+    return best
+
+
+def _ort_smooth(p: np.ndarray) -> np.ndarray | None:
+    zeros = p == 0
+    if zeros.all():
+        return None
+    eps1 = ORT_SMOOTHING * zeros.sum() / (p.size - zeros.sum())
+    return p.astype(np.float32) + np.where(zeros, ORT_SMOOTHING, -eps1).astype(np.float32)
+
+
+def _ort_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """ORT's KL(P||Q) after smoothing both, in float32 (inf when either is all zeros)."""
+    ps, qs = _ort_smooth(p), _ort_smooth(q)
+    if ps is None or qs is None:
+        return math.inf
+    ps, qs = ps / ps.sum(), qs / qs.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(ps > 0, ps * np.log(ps / qs), 0.0).astype(np.float32)
+    return float(terms.sum())
+
+
+def modelopt_mse_threshold(hist: np.ndarray, edges: np.ndarray, qmax: int) -> float:
+    """ModelOpt's MSE threshold: the bin centre from bin 128 on with the least count-weighted error of
+    the centres on the narrow signed grid (first minimum); the last centre when there are fewer bins."""
+    centres = (edges[1:] + edges[:-1]) / 2
+    counts = np.asarray(hist, dtype=np.float64)
+    candidates = centres[TRT_START_BIN:-1] if centres.size > TRT_START_BIN + 1 else centres[-1:]
+    errors = []
+    for chunk in np.array_split(candidates, max(1, candidates.size // 256)):
+        scale = qmax / chunk[:, None]
+        q = np.clip(np.rint(centres[None, :] * scale), -qmax, qmax) / scale
+        errors.append(((q - centres[None, :]) ** 2 * counts[None, :]).sum(1))
+    return float(candidates[int(np.argmin(np.concatenate(errors)))])
 
 
 # -- weights ----------------------------------------------------------------------------------------

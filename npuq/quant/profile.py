@@ -20,7 +20,15 @@ PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
 ACT_RANGE_METHODS = ("minmax", "percentile", "mse", "kl")
 WEIGHT_RANGE_METHODS = ("minmax", "mse")
 GRANULARITIES = ("per_tensor", "per_channel")
-BIAS_CORRECTION = ("off", "empirical")
+BIAS_CORRECTION = ("off", "empirical", "empirical-sequential")
+# Each histogram method as a named calibrator of a real toolchain (see observers.py for the algorithms).
+KL_VARIANTS = ("tensorrt", "onnxruntime")
+MSE_VARIANTS = ("npuq", "modelopt")
+PERCENTILE_VARIANTS = ("npuq", "onnxruntime")
+DEFAULT_HIST_BINS = 2048
+ORT_ENTROPY_BINS = 128
+ACTIVATION_ONLY_FIELDS = ("percentile", "kl_variant", "mse_variant", "percentile_variant", "hist_bins",
+                          "kl_quantized_bins")
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,33 @@ class TensorQuantConfig:
     granularity: str = "per_tensor"
     range: str = "minmax"
     percentile: float = 99.99
+    kl_variant: str = "tensorrt"
+    mse_variant: str = "npuq"
+    percentile_variant: str = "npuq"
+    hist_bins: int | None = None  # None: 2048, or 128 for kl_variant onnxruntime (each library's default)
+    kl_quantized_bins: int = 128  # kl_variant onnxruntime only (its num_quantized_bins)
+
+    @property
+    def variant(self) -> str | None:
+        """The variant of the range method in use (None for minmax)."""
+        return {"kl": self.kl_variant, "mse": self.mse_variant,
+                "percentile": self.percentile_variant}.get(self.range)
+
+    @property
+    def histogram_bins(self) -> int:
+        if self.hist_bins is not None:
+            return self.hist_bins
+        ort_entropy = (self.range, self.kl_variant) == ("kl", "onnxruntime")
+        return ORT_ENTROPY_BINS if ort_entropy else DEFAULT_HIST_BINS
+
+    @property
+    def calibrator(self) -> str:
+        """The calibrator by name, as tables print it: ``kl/tensorrt``, ``percentile 99.99/npuq``."""
+        if self.range == "minmax":
+            return "minmax"
+        method = f"percentile {self.percentile:g}" if self.range == "percentile" else self.range
+        bins = f" ({self.hist_bins} bins)" if self.hist_bins is not None else ""
+        return f"{method}/{self.variant}{bins}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +105,8 @@ class QuantProfile:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        for key in ACTIVATION_ONLY_FIELDS:  # weights take minmax or npuq's own mse: nothing to choose
+            data["weights"].pop(key)
         data["fp16_layers"] = list(self.fp16_layers)
         if not isinstance(self.quantize_outputs, bool):
             data["quantize_outputs"] = list(self.quantize_outputs)
@@ -99,7 +136,7 @@ def _tensor_config(data: Any, role: str, source: str, base: TensorQuantConfig) -
     allowed = {f.name for f in dataclasses.fields(TensorQuantConfig)}
     _check_keys(data, allowed, f"{role}.", source)
     cfg = dataclasses.replace(base, **data)
-    _expect(isinstance(cfg.bits, int) and not isinstance(cfg.bits, bool) and 2 <= cfg.bits <= 16,
+    _expect(_is_int(cfg.bits) and 2 <= cfg.bits <= 16,
             source, f"{role}.bits", f"must be an integer in 2..16, got {cfg.bits!r}")
     _expect(isinstance(cfg.symmetric, bool), source, f"{role}.symmetric",
             f"must be true or false, got {cfg.symmetric!r}")
@@ -111,7 +148,21 @@ def _tensor_config(data: Any, role: str, source: str, base: TensorQuantConfig) -
             f"must be one of {', '.join(grans)}, got {cfg.granularity!r}")
     _expect(isinstance(cfg.percentile, int | float) and 50.0 < cfg.percentile <= 100.0, source,
             f"{role}.percentile", f"must be a number in (50, 100], got {cfg.percentile!r}")
+    for key, variants in (("kl_variant", KL_VARIANTS), ("mse_variant", MSE_VARIANTS),
+                          ("percentile_variant", PERCENTILE_VARIANTS)):
+        _expect(getattr(cfg, key) in variants, source, f"{role}.{key}",
+                f"must be one of {', '.join(variants)}, got {getattr(cfg, key)!r}")
+    _expect(cfg.hist_bins is None or (_is_int(cfg.hist_bins) and 8 <= cfg.hist_bins <= 65536), source,
+            f"{role}.hist_bins", f"must be an integer in 8..65536 or null, got {cfg.hist_bins!r}")
+    _expect(_is_int(cfg.kl_quantized_bins) and cfg.kl_quantized_bins >= 2, source,
+            f"{role}.kl_quantized_bins", f"must be an integer >= 2, got {cfg.kl_quantized_bins!r}")
+    _expect(not (cfg.range == "mse" and cfg.mse_variant == "modelopt" and not cfg.symmetric), source,
+            f"{role}.mse_variant", "modelopt searches a symmetric grid only (use npuq with symmetric: false)")
     return dataclasses.replace(cfg, percentile=float(cfg.percentile))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def profile_from_dict(data: Any, source: str = "<profile>") -> QuantProfile:

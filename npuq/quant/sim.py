@@ -9,7 +9,8 @@
    is simulated as int32 with scale s_input * s_weight;
 4. calibrate: with all quantizers off, pass 1 records min/max of every activation, pass 2 (only for
    histogram methods) fills histograms, then each quantizer's range, scale and zero-point are frozen;
-5. empirical bias correction (``bias_correction: empirical``; see ``bias_correction.py``).
+5. empirical bias correction (``bias_correction: empirical`` or ``empirical-sequential``; see
+   ``bias_correction.py``).
 
 The result, a ``QuantSim`` (an ``nn.Module``), runs the simulated model: ``sim(x)`` returns the same
 output structure as the float model. Gradients flow straight through the fake-quant ops to the float
@@ -63,7 +64,7 @@ from torch import nn
 
 from npuq.errors import NpuqError
 from npuq.io import write_json, write_text
-from npuq.quant.bias_correction import measure_output_shift
+from npuq.quant.bias_correction import measure_output_shift, output_means
 from npuq.quant.cle import CLEReport, equalize
 from npuq.quant.graph import (
     QuantPlan,
@@ -275,6 +276,7 @@ class QuantLayerMixin:
         self.weight_quantizer = weight_quantizer
         self._npuq_input = [input_quantizer] if input_quantizer is not None else []  # not a submodule
         self.register_buffer("bias_correction", None)
+        self._correction_needs_input_quant = True
         self._npuq_cache: tuple | None = None
 
     @property
@@ -282,9 +284,11 @@ class QuantLayerMixin:
         """The activation quantizer whose grid this layer's input lies on (None when unknown)."""
         return self._npuq_input[0] if self._npuq_input else None
 
-    def set_bias_correction(self, shift: torch.Tensor | None) -> None:
-        """Subtract ``shift`` (per output channel) from the bias of the quantized layer."""
+    def set_bias_correction(self, shift: torch.Tensor | None, needs_input_quant: bool = True) -> None:
+        """Subtract ``shift`` (per output channel) from the bias of the quantized layer. A shift measured
+        with the input quantized (``needs_input_quant``) applies only while the input quantizer is active."""
         self.bias_correction = None if shift is None else shift.detach().to(self.weight.device, torch.float32)
+        self._correction_needs_input_quant = needs_input_quant
 
     def quantized_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (weight, bias) the forward uses in the current quantizer state."""
@@ -314,7 +318,8 @@ class QuantLayerMixin:
         bias = self.bias
         # The correction was measured with this layer's input quantized; in any other state (an error
         # budget that keeps activations in float) it would correct an error that is not there.
-        if self.bias_correction is not None and (iq is None or iq.active):
+        input_quantized = iq is None or iq.active or not self._correction_needs_input_quant
+        if self.bias_correction is not None and input_quantized:
             bias = -self.bias_correction if bias is None else bias - self.bias_correction
         if bias is None:
             return None
@@ -784,6 +789,26 @@ def calibrate(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False
         q.set_qparams(scale, zero_point, float(lo), float(hi), obs.min_val, obs.max_val)
 
 
+def correct_biases_sequential(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False) -> None:
+    """AIMET's empirical bias correction (see ``bias_correction.py``): layer by layer in network order,
+    the mean output of the weight-quantized model (activation quantizers off, earlier corrections in)
+    against the float model's."""
+    device = sim._device()
+    layers = {name: layer for name, layer in sim.layers.items() if layer.weight_quantizer.mode == "int"}
+
+    def run(batch: torch.Tensor) -> None:
+        sim(batch.to(device))
+
+    with sim.quant_disabled():
+        reference = output_means(run, layers, batches)
+    with sim.preserve_state():
+        sim.set_enabled(lambda q: q.kind != "weight", False)
+        for name in _progress(list(layers), "bias correction (sequential)", progress):
+            shift = output_means(run, {name: layers[name]}, batches, stop_after=True)[name] - reference[name]
+            layers[name].set_bias_correction(shift.float(), needs_input_quant=False)
+            sim.bias_corrections[name] = shift.float().tolist()
+
+
 def correct_biases(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False) -> None:
     """Empirical bias correction of every INT8 conv / linear (see ``bias_correction.py``)."""
     device = sim._device()
@@ -810,6 +835,8 @@ def simulate_ptq(model: nn.Module, profile: QuantProfile, calib_data: Any,
     calibrate(sim, batches, progress)
     if profile.bias_correction == "empirical":
         correct_biases(sim, batches, progress)
+    elif profile.bias_correction == "empirical-sequential":
+        correct_biases_sequential(sim, batches, progress)
     return sim
 
 
@@ -896,7 +923,8 @@ def _restore_bias_corrections(sim: QuantSim, corrections: Any, path: Path) -> No
         channels = getattr(layer, "out_channels", None) or layer.out_features
         if not isinstance(shift, list) or len(shift) != channels:
             raise NpuqError(f"{path}: bias correction for {name!r} has the wrong number of channels")
-        layer.set_bias_correction(torch.tensor(shift, dtype=torch.float32))
+        layer.set_bias_correction(torch.tensor(shift, dtype=torch.float32),
+                                  needs_input_quant=sim.profile.bias_correction != "empirical-sequential")
         sim.bias_corrections[name] = [float(v) for v in shift]
 
 

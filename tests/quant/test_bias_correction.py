@@ -60,3 +60,48 @@ def test_fp16_layers_are_not_corrected():
     profile = COARSE.replace(bias_correction="empirical", fp16_layers=("conv2",))
     sim = simulate_ptq(model, profile, images(2, 12))
     assert set(sim.bias_corrections) == {"conv1"}
+
+
+def layer_output_means(net, layer, x):
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    return seen[0].transpose(0, 1).flatten(1).mean(1)
+
+
+def test_sequential_correction_zeroes_the_accumulated_weight_error():
+    """AIMET's semantics: with the activation quantizers off, the weight-quantized model's mean output
+    at each layer, earlier corrections included, equals the float model's (up to int32 rounding)."""
+    model = seeded(ConvPair, nn.ReLU(), seed=1)
+    x = images(6, 12, seed=2)
+    sim = simulate_ptq(model, COARSE.replace(bias_correction="empirical-sequential"), x)
+    assert set(sim.bias_corrections) == {"conv1", "conv2"}
+    plain = simulate_ptq(model, COARSE, x)
+    for name in ("conv1", "conv2"):
+        float_mean = layer_output_means(model, getattr(model, name), x)
+        errors = []
+        for net in (plain, sim):
+            with net.preserve_state():
+                net.set_enabled(lambda q: q.kind != "weight", False)
+                errors.append(layer_output_means(net, net.layers[name], x) - float_mean)
+        before, after = errors
+        assert before.abs().mean() > 0.01
+        assert after.abs().max() < 1e-4, name  # no input quantization: the bias stays float
+
+
+def test_sequential_correction_survives_save_and_load(tmp_path):
+    from npuq.quant.sim import load_quantsim
+
+    model = seeded(ConvPair, nn.ReLU(), seed=1)
+    x = images(4, 12, seed=2)
+    sim = simulate_ptq(model, COARSE.replace(bias_correction="empirical-sequential"), x)
+    sim.save(tmp_path / "q", {"checkpoint": "test"})
+    loaded = load_quantsim(tmp_path / "q", model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), sim(x))
+        with sim.preserve_state(), loaded.preserve_state():
+            for net in (sim, loaded):
+                net.set_enabled(lambda q: q.kind != "weight", False)
+            torch.testing.assert_close(loaded(x), sim(x))

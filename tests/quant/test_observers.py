@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from npuq.quant.observers import (
-    KL_ZERO_SMOOTHING,
     HistogramError,
     RangeObserver,
     kl_best_length,
@@ -190,26 +189,25 @@ def test_histogram_error_matches_dense_sampling(grid):
         assert measure.error(scale, zp, grid) == pytest.approx(sampled, rel=2e-3)
 
 
-def kl_by_the_slides(hist: np.ndarray, levels: int) -> dict[int, float]:
-    """TensorRT's entropy calibration written out literally, one candidate at a time."""
+def kl_written_out(hist: np.ndarray, levels: int) -> dict[int, float]:
+    """TensorRT entropy calibration as pytorch-quantization describes it, one candidate at a time:
+    bin j of P[:i] joins group k when k*i/levels <= j < (k+1)*i/levels; KL is infinite where Q is 0
+    and P is not."""
     h = np.asarray(hist, dtype=float)
     out = {}
     for i in range(levels, h.size + 1):
         p = h[:i].copy()
         p[-1] += h[i:].sum()
+        group = np.floor(np.arange(i) * levels / i).astype(int)
         q = np.zeros(i)
-        bounds = [(k * i) // levels for k in range(levels + 1)]
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            chunk = h[start:stop]
-            nonzero = chunk > 0
-            if nonzero.any():
-                q[start:stop][nonzero] = chunk.sum() / nonzero.sum()
-        if h[:i].sum() == 0:
+        for k in range(levels):
+            members = (group == k) & (h[:i] > 0)
+            if members.any():
+                q[members] = h[:i][group == k].sum() / members.sum()
+        if h[:i].sum() == 0 or (q[-1] == 0 and p[-1] > 0):
             out[i] = math.inf
             continue
-        if q[-1] == 0 and p[-1] > 0:
-            q[-1] = KL_ZERO_SMOOTHING * h[:i].sum() / i
-        p, q = p / p.sum(), q / h[:i].sum()
+        p, q = p / p.sum(), q / q.sum()
         mask = p > 0
         out[i] = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
     return out
@@ -220,23 +218,22 @@ def test_vectorised_kl_equals_the_literal_algorithm():
     for _ in range(4):
         hist = rng.poisson(rng.gamma(0.5, 30, size=80)).astype(float)
         hist[rng.random(80) < 0.2] = 0
-        reference = kl_by_the_slides(hist, 8)
-        lengths, kl = kl_divergences(hist, 8)
+        reference = kl_written_out(hist, 8)
+        lengths, kl = kl_divergences(hist, 8, min_length=8)
         np.testing.assert_allclose(kl, [reference[i] for i in lengths], rtol=1e-9, atol=1e-12)
-        start = int(np.flatnonzero(hist)[0]) + 8  # the search starts `levels` bins into the data
-        best = min(v for i, v in reference.items() if i >= start)
-        assert reference[kl_best_length(hist, 8)] == pytest.approx(best)
+        best = min(reference.values())
+        assert reference[kl_best_length(hist, 8, min_length=8)] == pytest.approx(best)
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_kl_does_not_collapse_data_away_from_zero(symmetric):
-    """A sigmoid output around 0.5: the literal TensorRT loop finds KL = 0 at the data minimum (P and
-    Q both one spike) and would clip the whole tensor to a constant."""
+def test_tensorrt_kl_clips_data_away_from_zero_at_its_minimum():
+    """A sigmoid output around 0.5: P and Q are the same single spike just past the data minimum, so
+    KL = 0 there and TensorRT's search (ModelOpt gives the same, see test_calibrator_references) clips
+    the whole tensor to about its minimum. ONNX Runtime's signed search keeps the range."""
     x = torch.sigmoid(gaussian(100_000, seed=11) * 0.4)
-    obs, grid = calibrate(x, range="kl", symmetric=symmetric)
-    lo, hi = obs.compute_range(grid)
-    assert hi > torch.quantile(x, 0.999).item()
-    assert hi <= obs.max_val
+    obs, grid = calibrate(x, range="kl")
+    assert obs.compute_range(grid)[1] == pytest.approx(obs.min_val, abs=obs.absmax / obs.bins)
+    obs, grid = calibrate(x, range="kl", kl_variant="onnxruntime", hist_bins=2048)
+    assert obs.compute_range(grid)[1] > torch.quantile(x, 0.999).item()
 
 
 def test_kl_with_more_levels_than_bins_keeps_everything():

@@ -1,5 +1,6 @@
 """Shipped NPU profiles load as documented; bad profile files fail with one line naming file and key."""
 
+import dataclasses
 import fnmatch
 import re
 
@@ -9,7 +10,7 @@ import yaml
 from npuq.errors import NpuqError
 from npuq.quant.profile import PROFILE_DIR, TensorQuantConfig, load_profile, profile_from_dict
 
-SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "per-channel-whatif")
+SHIPPED = ("npu-default", "npu-asym", "npu-fp16-decoder", "npu-ort-entropy", "per-channel-whatif")
 MODULE_NAMES = {
     "encoder": ["encoder.encoder.conv1", "encoder.encoder.layer1.0.conv1", "encoder.encoder.layer4.1.conv2"],
     "decoder": ["decoder.decoder.0.conv.conv", "decoder.decoder.3.conv.conv", "decoder.decoder.9.conv.conv"],
@@ -93,6 +94,14 @@ def error_line(path) -> str:
         ("weights:\n  range: kl\n", "weights.range"),
         ("activations:\n  granularity: per_channel\n", "activations.granularity"),
         ("activations:\n  percentile: 30\n", "activations.percentile"),
+        ("activations:\n  kl_variant: tensorrt8\n", "activations.kl_variant"),
+        ("activations:\n  mse_variant: aimet\n", "activations.mse_variant"),
+        ("activations:\n  percentile_variant: [ort]\n", "activations.percentile_variant"),
+        ("activations:\n  hist_bins: 4\n", "activations.hist_bins"),
+        ("activations:\n  hist_bins: 2048.0\n", "activations.hist_bins"),
+        ("activations:\n  kl_quantized_bins: true\n", "activations.kl_quantized_bins"),
+        ("activations:\n  range: mse\n  mse_variant: modelopt\n  symmetric: false\n",
+         "activations.mse_variant"),
         ("quantize_outputs: [true, maybe]\n", "quantize_outputs"),
         ("quantize_outputs: []\n", "quantize_outputs"),
         ("bias_correction: analytic\n", "bias_correction"),
@@ -157,3 +166,21 @@ def test_to_yaml_round_trip(name, tmp_path):
     assert again == profile
     path = write(tmp_path, profile.to_yaml(), f"{name}-copy.yaml")
     assert load_profile(path) == profile
+
+
+@pytest.mark.parametrize(("name", "calibrator"), [("npu-default", "kl/tensorrt"),
+                                                  ("npu-ort-entropy", "kl/onnxruntime")])
+def test_shipped_profiles_name_their_calibrator(name, calibrator):
+    assert load_profile(name).activations.calibrator == calibrator
+
+
+def test_calibrator_names():
+    act = load_profile("npu-default").activations
+    assert dataclasses.replace(act, range="minmax").calibrator == "minmax"
+    assert dataclasses.replace(act, range="percentile", percentile_variant="onnxruntime").calibrator == \
+        "percentile 99.99/onnxruntime"
+    assert dataclasses.replace(act, range="mse", mse_variant="modelopt").calibrator == "mse/modelopt"
+    assert dataclasses.replace(act, kl_variant="onnxruntime", hist_bins=2048).calibrator == \
+        "kl/onnxruntime (2048 bins)"
+    assert dataclasses.replace(act, kl_variant="onnxruntime").histogram_bins == 128
+    assert act.histogram_bins == 2048

@@ -103,7 +103,9 @@ def test_16_bit_is_far_more_accurate_than_4_bit():
 
 def test_gradients_reach_float_weights_straight_through():
     model = plain()
-    sim = simulate_ptq(model, DEFAULT, images(4)).train()
+    # MSE clipping: TensorRT's KL clips this random net's output, which sits away from 0, to a constant
+    # (as ModelOpt does; see test_observers), and a saturated output passes no gradient
+    sim = simulate_ptq(model, DEFAULT.replace(activations={"range": "mse"}), images(4)).train()
     loss = sim(images(2, seed=3)).square().sum()
     loss.backward()
     for name, layer in sim.layers.items():
