@@ -81,7 +81,7 @@ LEGACY_KL = ("- calibrator: `kl` here is npuq's search before the calibrator var
 
 
 def main() -> None:
-    parts = [INTRO]
+    parts = [INTRO, (REPO / "bench" / "notes" / "calibrators.md").read_text()]
     for title, name, command in SECTIONS:
         result = RESULTS / f"{name}.md"
         body = result.read_text() if result.exists() else "_not run yet_\n"

@@ -42,7 +42,6 @@ def per_channel_sum(t: torch.Tensor, axis: int) -> torch.Tensor:
     return t.double().movedim(axis, 0).reshape(t.shape[axis], -1).sum(1)
 
 
-@torch.no_grad()
 def measure_output_shift(
     run_float: Callable[[torch.Tensor], object],
     layers: Mapping[str, nn.Module],
@@ -54,26 +53,17 @@ def measure_output_shift(
     ``run_float(batch)`` must run the network in float (all quantizers off); a forward hook on each
     layer sees its float input x and float output and evaluates ``quantized_output`` on the same x.
     """
-    sums = {name: None for name in layers}
-    counts = dict.fromkeys(layers, 0)
+    return _channel_means(run_float, layers, batches,
+                          lambda layer, x, output: quantized_output(layer, x) - output)
 
-    def hook_for(name: str):
-        def hook(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            axis = channel_axis(layer)
-            diff = per_channel_sum(quantized_output(layer, inputs[0]) - output, axis)
-            sums[name] = diff if sums[name] is None else sums[name] + diff
-            counts[name] += output.numel() // output.shape[axis]
 
-        return hook
-
-    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
-    try:
-        for batch in batches:
-            run_float(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: sums[name] / counts[name] for name in layers if sums[name] is not None}
+def output_means(run: Callable[[torch.Tensor], object], layers: Mapping[str, nn.Module],
+                 batches: Iterable[torch.Tensor], stop_after: bool = False) -> dict[str, torch.Tensor]:
+    """Per layer, the mean output per channel over the batches of ``run(batch)`` (float64).
+    ``stop_after`` (one layer only): abandon each forward once the layer has run."""
+    if stop_after and len(layers) != 1:
+        raise ValueError("stop_after needs exactly one layer")
+    return _channel_means(run, layers, batches, lambda layer, x, output: output, stop_after)
 
 
 class _StopForward(Exception):
@@ -81,19 +71,17 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def output_means(run: Callable[[torch.Tensor], object], layers: Mapping[str, nn.Module],
-                 batches: Iterable[torch.Tensor], stop_after: bool = False) -> dict[str, torch.Tensor]:
-    """Per layer, the mean output per channel over the batches of ``run(batch)`` (float64).
-    ``stop_after`` (one layer only): abandon each forward once the layer has run."""
-    if stop_after and len(layers) != 1:
-        raise ValueError("stop_after needs exactly one layer")
+def _channel_means(run: Callable[[torch.Tensor], object], layers: Mapping[str, nn.Module],
+                   batches: Iterable[torch.Tensor], value: Callable, stop_after: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """Per layer, the per-channel mean of ``value(layer, input, output)`` over the forwards of the batches."""
     sums = dict.fromkeys(layers)
     counts = dict.fromkeys(layers, 0)
 
     def hook_for(name: str):
         def hook(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             axis = channel_axis(layer)
-            total = per_channel_sum(output, axis)
+            total = per_channel_sum(value(layer, inputs[0], output), axis)
             sums[name] = total if sums[name] is None else sums[name] + total
             counts[name] += output.numel() // output.shape[axis]
             if stop_after:

@@ -21,7 +21,7 @@ against the library itself in tests/quant/test_calibrator_references.py.
   empty while outliers were folded into it has Q = 0 where P > 0: KL is infinite and it is never
   chosen. Ties go to the longest i; the threshold is the right edge of P's last bin, i * bin width.
   Asymmetric grids (which TensorRT does not have) run the same search per side in turn (hi with lo at
-  min, lo with that hi, hi again) on a histogram of x, with all 2^bits levels.
+  min, lo with that hi, hi again) on a histogram of x without its exact zeros, with all 2^bits levels.
 - ``kl`` / ``onnxruntime``: ONNX Runtime's entropy calibrator (``HistogramCollector.get_entropy_threshold``):
   a signed histogram of x over [-max|x|, max|x|] (128 bins by default, ``hist_bins``), windows of 2i+1
   bins around the zero bin for i from ``kl_quantized_bins``/2 to half the histogram, outliers folded
