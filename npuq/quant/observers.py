@@ -20,6 +20,9 @@ against the library itself in tests/quant/test_calibrator_references.py.
   evenly back over each group's non-empty bins; minimise KL(P || Q). A candidate whose last bin is
   empty while outliers were folded into it has Q = 0 where P > 0: KL is infinite and it is never
   chosen. Ties go to the longest i; the threshold is the right edge of P's last bin, i * bin width.
+  One deviation: ModelOpt fixes the bin width from the first batch and adds bins when a later batch
+  reaches further; npuq spreads 2048 bins over the max|x| of pass 1. The two agree when the first
+  batch holds the maximum (and exactly for one batch, as the reference tests feed them).
   Asymmetric grids (which TensorRT does not have) run the same search per side in turn (hi with lo at
   min, lo with that hi, hi again) on a histogram of x without its exact zeros, with all 2^bits levels.
 - ``kl`` / ``onnxruntime``: ONNX Runtime's entropy calibrator (``HistogramCollector.get_entropy_threshold``):
@@ -434,9 +437,10 @@ def kl_divergences(hist: np.ndarray, levels: int,
     group_sum = cum[edges[:, 1:]] - cum[edges[:, :-1]]
     group_nonzero = cum_nonzero[edges[:, 1:]] - cum_nonzero[edges[:, :-1]]
     share = group_sum / np.maximum(group_nonzero, 1)
+    last_share = share[np.arange(i.size), ((i - 1) * levels) // i]  # the group holding bin i - 1
     q_total = cum[i]
     with np.errstate(divide="ignore", invalid="ignore"):
-        p_log_q = (group_sum * _safe_log(share)).sum(1) + outliers * _safe_log(share[:, -1])
+        p_log_q = (group_sum * _safe_log(share)).sum(1) + outliers * _safe_log(last_share)
         kl = (p_log_p - p_log_q) / total - math.log(total) + np.log(q_total)
     empty_last = (last == 0) & (outliers > 0)
     return i, np.where((q_total > 0) & ~empty_last, kl, np.inf)
@@ -508,10 +512,11 @@ def _ort_kl(p: np.ndarray, q: np.ndarray) -> float:
 
 def modelopt_mse_threshold(hist: np.ndarray, edges: np.ndarray, qmax: int) -> float:
     """ModelOpt's MSE threshold: the bin centre from bin 128 on with the least count-weighted error of
-    the centres on the narrow signed grid (first minimum); the last centre when there are fewer bins."""
+    the centres on the narrow signed grid (first minimum; float64 where ModelOpt uses float32, which can
+    only flip near-ties); the last centre when there are fewer bins."""
     centres = (edges[1:] + edges[:-1]) / 2
     counts = np.asarray(hist, dtype=np.float64)
-    candidates = centres[TRT_START_BIN:-1] if centres.size > TRT_START_BIN + 1 else centres[-1:]
+    candidates = centres[TRT_START_BIN:] if centres.size > TRT_START_BIN else centres[-1:]
     errors = []
     for chunk in np.array_split(candidates, max(1, candidates.size // 256)):
         scale = qmax / chunk[:, None]

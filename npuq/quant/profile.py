@@ -156,6 +156,9 @@ def _tensor_config(data: Any, role: str, source: str, base: TensorQuantConfig) -
             f"{role}.hist_bins", f"must be an integer in 8..65536 or null, got {cfg.hist_bins!r}")
     _expect(_is_int(cfg.kl_quantized_bins) and cfg.kl_quantized_bins >= 2, source,
             f"{role}.kl_quantized_bins", f"must be an integer >= 2, got {cfg.kl_quantized_bins!r}")
+    ort_entropy = (cfg.range, cfg.kl_variant) == ("kl", "onnxruntime")
+    _expect(not ort_entropy or cfg.kl_quantized_bins // 2 <= cfg.histogram_bins // 2, source,
+            f"{role}.kl_quantized_bins", f"must not exceed the histogram bins ({cfg.histogram_bins})")
     _expect(not (cfg.range == "mse" and cfg.mse_variant == "modelopt" and not cfg.symmetric), source,
             f"{role}.mse_variant", "modelopt searches a symmetric grid only (use npuq with symmetric: false)")
     return dataclasses.replace(cfg, percentile=float(cfg.percentile))

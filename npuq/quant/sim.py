@@ -791,8 +791,8 @@ def calibrate(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False
 
 def correct_biases_sequential(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False) -> None:
     """AIMET's empirical bias correction (see ``bias_correction.py``): layer by layer in network order,
-    the mean output of the weight-quantized model (activation quantizers off, earlier corrections in)
-    against the float model's."""
+    the mean output of the weight-quantized model (layer output quantizers off, the model input still
+    quantized, earlier corrections in) against the float model's."""
     device = sim._device()
     layers = {name: layer for name, layer in sim.layers.items() if layer.weight_quantizer.mode == "int"}
 
@@ -802,7 +802,7 @@ def correct_biases_sequential(sim: QuantSim, batches: list[torch.Tensor], progre
     with sim.quant_disabled():
         reference = output_means(run, layers, batches)
     with sim.preserve_state():
-        sim.set_enabled(lambda q: q.kind != "weight", False)
+        sim.set_enabled(lambda q: q.kind in ("activation", "output"), False)  # AIMET keeps the input's
         for name in _progress(list(layers), "bias correction (sequential)", progress):
             shift = output_means(run, {name: layers[name]}, batches, stop_after=True)[name] - reference[name]
             layers[name].set_bias_correction(shift.float(), needs_input_quant=False)

@@ -85,6 +85,15 @@ def test_against_modelopt(name, range_, variant, method, modelopt_mse_fixed):
     assert max(abs(lo), abs(hi)) == pytest.approx(reference, abs=bin_width(obs) * 1.001)
 
 
+def test_modelopt_mse_can_choose_the_last_centre(modelopt_mse_fixed):
+    """A two-point tensor {-1, 1}: the last bin centre is ModelOpt's optimum, and so npuq's."""
+    x = torch.tensor([-1.0, 1.0]).repeat(1000)
+    calib = modelopt_histogram.HistogramCalibrator(num_bits=8, unsigned=False, num_bins=2048)
+    calib.collect(x.clone())
+    _, hi, _ = npuq_range(x, range="mse", mse_variant="modelopt")
+    assert hi == pytest.approx(float(calib.compute_amax("mse")), rel=1e-6)
+
+
 def ort_thresholds(x: torch.Tensor, method: str, symmetric: bool, bins: int, percentile: float = 99.99):
     collector = ort_calibrate.HistogramCollector(method=method, symmetric=symmetric, num_bins=bins,
                                                  num_quantized_bins=128, percentile=percentile,

@@ -189,13 +189,13 @@ def test_histogram_error_matches_dense_sampling(grid):
         assert measure.error(scale, zp, grid) == pytest.approx(sampled, rel=2e-3)
 
 
-def kl_written_out(hist: np.ndarray, levels: int) -> dict[int, float]:
+def kl_written_out(hist: np.ndarray, levels: int, start: int | None = None) -> dict[int, float]:
     """TensorRT entropy calibration as pytorch-quantization describes it, one candidate at a time:
     bin j of P[:i] joins group k when k*i/levels <= j < (k+1)*i/levels; KL is infinite where Q is 0
     and P is not."""
     h = np.asarray(hist, dtype=float)
     out = {}
-    for i in range(levels, h.size + 1):
+    for i in range(levels if start is None else start, h.size + 1):
         p = h[:i].copy()
         p[-1] += h[i:].sum()
         group = np.floor(np.arange(i) * levels / i).astype(int)
@@ -223,6 +223,16 @@ def test_vectorised_kl_equals_the_literal_algorithm():
         np.testing.assert_allclose(kl, [reference[i] for i in lengths], rtol=1e-9, atol=1e-12)
         best = min(reference.values())
         assert reference[kl_best_length(hist, 8, min_length=8)] == pytest.approx(best)
+
+
+def test_vectorised_kl_with_fewer_bins_than_levels():
+    """Candidates shorter than the level count (the asymmetric search starts 128 bins in with 256
+    levels): some groups are empty and the outliers go to the group that holds the last bin."""
+    rng = np.random.default_rng(10)
+    hist = rng.poisson(rng.gamma(0.7, 20, size=60)).astype(float)
+    reference = kl_written_out(hist, 32, start=12)
+    lengths, kl = kl_divergences(hist, 32, min_length=12)
+    np.testing.assert_allclose(kl, [reference[i] for i in lengths], rtol=1e-9, atol=1e-12)
 
 
 def test_tensorrt_kl_clips_data_away_from_zero_at_its_minimum():

@@ -100,6 +100,8 @@ def error_line(path) -> str:
         ("activations:\n  hist_bins: 4\n", "activations.hist_bins"),
         ("activations:\n  hist_bins: 2048.0\n", "activations.hist_bins"),
         ("activations:\n  kl_quantized_bins: true\n", "activations.kl_quantized_bins"),
+        ("activations:\n  kl_variant: onnxruntime\n  kl_quantized_bins: 256\n",
+         "activations.kl_quantized_bins"),
         ("activations:\n  range: mse\n  mse_variant: modelopt\n  symmetric: false\n",
          "activations.mse_variant"),
         ("quantize_outputs: [true, maybe]\n", "quantize_outputs"),
