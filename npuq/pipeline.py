@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from npuq.errors import NpuqError
+from npuq.models.heads import as_tuple, depth_predictor  # noqa: F401  (re-exported)
 
 DEFAULT_SIZE = (128, 160)
 
@@ -36,19 +36,6 @@ def load_float_model(model_path: str | Path, size: tuple[int, int] | None = None
 
     model = load_model(model_path, allow_pickle=allow_pickle).eval()
     return model, size or training_size(model_path)
-
-
-def as_tuple(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return outputs if isinstance(outputs, tuple) else (outputs,)
-
-
-def depth_predictor(net: nn.Module, head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """rgb -> metric depth through ``net`` (a float model or a QuantSim) and the head's host decode."""
-
-    def predict(rgb: torch.Tensor) -> torch.Tensor:
-        return head.decode(as_tuple(net(rgb)))
-
-    return predict
 
 
 def load_calibration(calib: str, size: tuple[int, int], n_calib: int, seed: int,

@@ -22,7 +22,7 @@ from torch import nn
 
 from npuq.analysis.metrics import MetricConfig, evaluate
 from npuq.analysis.representability import grids_from_sim, gt_quantization_floor, int_frac_model_misassignment
-from npuq.pipeline import depth_predictor
+from npuq.models.heads import depth_predictor
 
 
 def measure_head(model: nn.Module, profiles: Mapping[str, Any], calib_rgb: torch.Tensor,

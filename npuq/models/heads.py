@@ -20,6 +20,7 @@ producer and hence its own quantizer in the simulated graph, and is torch.fx tra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -292,3 +293,16 @@ __all__ = [
     "disp_to_depth",
     "register_head",
 ]
+
+
+def as_tuple(outputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def depth_predictor(net: nn.Module, head: nn.Module) -> Callable[[Tensor], Tensor]:
+    """rgb -> metric depth through ``net`` (a float model or a QuantSim) and the head's host decode."""
+
+    def predict(rgb: Tensor) -> Tensor:
+        return head.decode(as_tuple(net(rgb)))
+
+    return predict

@@ -736,7 +736,7 @@ def run_analysis(model, sim, dataset, metric_cfg, out_dir: str | Path, progress:
     from npuq.analysis.budget import budget_groups, error_budget
     from npuq.analysis.representability import analyze_representability, default_scenarios
     from npuq.analysis.sensitivity import layer_sqnr
-    from npuq.pipeline import depth_predictor
+    from npuq.models.heads import depth_predictor
 
     out_dir = check_report_writable(out_dir, force)
     unknown = sorted(set(partitions) - {"kind", "stage"})
