@@ -35,6 +35,7 @@ from torch import Tensor
 
 from npuq.analysis.metrics import MetricConfig, evaluate
 from npuq.errors import NpuqError
+from npuq.progress import counter
 
 StageRules = Sequence[tuple[str, str]]
 
@@ -251,11 +252,5 @@ def _budget_rows(groups: Sequence[QuantGroup], results: dict[str, dict[str, Any]
 
 @contextmanager
 def _runs_bar(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    if not enabled:
-        yield lambda label: None
-        return
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        task = bar.add_task("error budget", total=total)
-        yield lambda label: bar.update(task, advance=1, description=f"error budget ({label})")
+    with counter(enabled, total, "error budget") as advance:
+        yield lambda label: advance()

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from npuq.errors import NpuqError
+from npuq.progress import counter
 
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
@@ -204,12 +205,6 @@ def evaluate(
 
 @contextmanager
 def progress_bar(enabled: bool, total: int | None, description: str) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a rich progress bar when enabled, a no-op otherwise."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    """Yield ``advance(n)``: a progress bar on stderr when enabled, a no-op otherwise."""
+    with counter(enabled, total, description) as advance:
+        yield advance

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch
 from npuq.errors import NpuqError
 from npuq.io import write_text
 from npuq.models.modes import eval_mode
+from npuq.progress import counter
 
 STRATEGIES = ("random", "stratified", "diverse")
 BRIGHTNESS_BINS = 3
@@ -157,17 +157,6 @@ def _batches(pool, batch: int) -> Iterator[list[dict]]:
         yield [pool[i] for i in range(start, min(start + batch, len(pool)))]
 
 
-def _progress(enabled: bool, total: int, what: str):
-    """``(context, advance)``: a rich progress bar when enabled, else a no-op."""
-    if not enabled:
-        return nullcontext(), lambda k: None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    task = bar.add_task(what, total=total)
-    return bar, lambda k: bar.advance(task, k)
-
-
 def _check_model_input(pool, model: torch.nn.Module) -> None:
     if len(pool) == 0:
         return
@@ -185,8 +174,8 @@ def pool_stats(pool, model: torch.nn.Module | None = None, progress: bool = Fals
         _check_model_input(pool, model)
     edges = depth_bin_edges()
     photometric, hists, sources, features = [], [], [], []
-    context, advance = _progress(progress, len(pool), "describing calibration pool")
-    with context, torch.no_grad(), eval_mode(model):
+    with counter(progress, len(pool), "describing calibration pool") as advance, torch.no_grad(), \
+            eval_mode(model):
         for items in _batches(pool, FEATURE_BATCH):
             rgb = torch.stack([item["rgb"] for item in items])
             photometric.append(luma_stats(rgb))

@@ -3,7 +3,9 @@
 Formats (detected by ``open_dataset``):
 
 - ``npuq-synth``: a folder written by ``write_synthetic_dataset`` (``index.json``, depth PNG in mm).
-- ``synth``: ``synth:n=200,seed=1,size=128x160`` renders frames in memory, lazily per item.
+- ``synth``: ``synth:n=200,seed=1,size=128x160`` renders frames in memory, lazily per item;
+  ``synth:mode=sequence,n=2000,seed=0,part=train`` takes one part of a sequence set (fixed worlds along
+  smooth trajectories, see ``npuq.data.synthetic``).
 - ``nyu-csv``: DenseDepth ``nyu2_test`` layout, csv rows ``rgb_path,depth_path`` (optional header);
   depth uint16 millimetres. Listed paths are resolved against the csv's folder, then by dropping
   leading folders, then by unique file name below it.
@@ -213,18 +215,15 @@ class SynthFrames(FrameSource):
 
     format = "synth"
 
-    def __init__(self, spec: str, n: int, seed: int, config) -> None:
-        from npuq.data.synthetic import SceneGenerator
-
-        self.root, self.n = spec, n
-        self.generator = SceneGenerator(config, seed)
+    def __init__(self, spec: str, generator, frames: range) -> None:
+        self.root, self.generator, self.frames = spec, generator, frames
         self._meta: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.frames)
 
     def name(self, index: int) -> str:
-        return f"{index:06d}"
+        return f"{self.frames[index]:06d}"
 
     def meta(self, index: int) -> dict[str, Any]:
         if index not in self._meta:
@@ -232,9 +231,9 @@ class SynthFrames(FrameSource):
         return self._meta[index]
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        frame = self.generator.frame(index)
+        frame = self.generator.frame(self.frames[index])
         self._meta[index] = frame.meta
-        return frame.rgb, frame.depth, f"{self.root}#{index}"
+        return frame.rgb, frame.depth, f"{self.root}#{self.frames[index]}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,11 +509,11 @@ def seven_scenes_frames(folder: Path) -> FileFrames:
 # --------------------------------------------------------------------------------------------------
 # synth: specs.
 
-SYNTH_KEYS = ("n", "seed", "size", "families", "noise")
+SYNTH_KEYS = ("n", "seed", "size", "families", "noise", "mode", "part")
 
 
 def parse_synth_spec(spec: str) -> dict[str, Any]:
-    """``synth:n=200,seed=1,size=128x160[,families=street+corridor][,noise=0]`` -> settings."""
+    """``synth:n=200,seed=1,size=128x160[,families=street+corridor][,noise=0][,mode=sequence,part=test]``."""
     body = spec[len("synth:"):].strip()
     settings: dict[str, Any] = {"n": 200, "seed": 0}
     for item in filter(None, (p.strip() for p in body.split(","))):
@@ -529,12 +528,16 @@ def parse_synth_spec(spec: str) -> dict[str, Any]:
             raise NpuqError(f"{spec}: bad value for {key}: {value!r}") from None
     if settings["n"] < 1 or settings["seed"] < 0:
         raise NpuqError(f"{spec}: need n >= 1 and seed >= 0")
+    if "part" in settings and settings.get("mode") != "sequence":
+        raise NpuqError(f"{spec}: part= needs mode=sequence")
     return settings
 
 
 def _synth_value(key: str, value: str) -> Any:
     if key in ("n", "seed"):
         return int(value)
+    if key in ("mode", "part"):
+        return value
     if key == "size":
         h, w = (int(v) for v in value.lower().split("x"))
         return h, w
@@ -547,15 +550,21 @@ def _synth_value(key: str, value: str) -> Any:
 
 def synth_source(spec: str, size: tuple[int, int] | None) -> SynthFrames:
     """In-memory synthetic frames; without ``size=`` in the spec they render at ``size`` directly."""
-    from npuq.data.synthetic import SynthConfig
+    from npuq.data.synthetic import SynthConfig, make_generator, sequence_part
 
     settings = parse_synth_spec(spec)
-    config_args = {k: settings[k] for k in ("families", "noise") if k in settings}
+    config_args = {k: settings[k] for k in ("families", "noise", "mode") if k in settings}
     render_size = settings.get("size") or _check_size(size)
     if render_size is not None:
         config_args["size"] = render_size
     try:
         config = SynthConfig(**config_args)
+        generator = make_generator(config, settings["seed"], settings["n"])
+        frames = range(settings["n"])
+        if config.mode == "sequence":
+            frames = sequence_part(settings["n"], settings.get("part", "all"), len(config.families))
     except NpuqError as exc:
         raise NpuqError(f"{spec}: {exc}") from None
-    return SynthFrames(spec, settings["n"], settings["seed"], config)
+    if not frames:
+        raise NpuqError(f"{spec}: part {settings.get('part')!r} holds no frames; raise n")
+    return SynthFrames(spec, generator, frames)

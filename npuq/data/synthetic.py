@@ -12,11 +12,19 @@ Metric depth from a single image is only learnable when scale cues are consisten
 "a known rig with some play" (FOV_DEG, per-family height and pitch bands), doors, tables, cars and
 ceilings have real-world sizes, and man-made patterns have physical sizes (PHYSICAL_FEATURE).
 Exposure, colours, materials, layout and lighting vary freely.
+
+Two modes. ``random``: every frame is a new world (room, layout, camera, light): diverse, for
+calibration and robustness tests. ``sequence``: a few fixed worlds (one per family, built from the seed)
+seen by one fixed camera model along a smooth trajectory, like a handheld or vehicle recording: the
+user's regime (one deployment domain, one camera). Sequence frames are interleaved, frame ``i`` is time
+step ``i // W`` of world ``i % W``, so index order is time order and ``SEQUENCE_PARTS`` splits every
+trajectory into train, validation and test parts with a gap before the test part.
 """
 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from npuq.errors import NpuqError
+from npuq.progress import counter
 
 FAMILIES = ("indoor_room", "corridor", "street", "tabletop")
+MODES = ("random", "sequence")
 INDEX_FORMAT = "npuq-synth/1"
 DEPTH_SCALE = 1000.0  # depth PNG units per metre (millimetres)
 
@@ -49,6 +59,7 @@ class SynthConfig:
     max_depth: float = 16.0
     families: tuple[str, ...] = FAMILIES
     noise: bool = True
+    mode: str = "random"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", tuple(int(v) for v in self.size))
@@ -62,10 +73,12 @@ class SynthConfig:
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise NpuqError(f"synthetic config: unknown or empty families {unknown}; choose from {FAMILIES}")
+        if self.mode not in MODES:
+            raise NpuqError(f"synthetic config: mode must be one of {MODES}, got {self.mode!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": list(self.size), "min_depth": self.min_depth, "max_depth": self.max_depth,
-                "families": list(self.families), "noise": self.noise}
+                "families": list(self.families), "noise": self.noise, "mode": self.mode}
 
 
 @dataclass
@@ -961,6 +974,133 @@ class SceneGenerator:
 
 
 # --------------------------------------------------------------------------------------------------
+# Sequences: fixed worlds, one camera model, smooth trajectories.
+
+SEQUENCE_FOV_DEG = 66.0  # one camera model per dataset
+WORLD_STREAM = 3  # world w of seed s draws from default_rng([s, w, WORLD_STREAM]): never a frame's stream
+# Fractions of each trajectory: a gap before the test part keeps adjacent poses out of it.
+SEQUENCE_PARTS = {"train": (0.0, 0.75), "val": (0.75, 0.8), "test": (0.85, 1.0), "all": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How a family's camera moves over a whole trajectory: metres forward (+z), sway amplitudes."""
+
+    travel: float
+    sway: float  # lateral, metres
+    bob: float  # vertical, metres
+    yaw_deg: float
+    pitch_deg: float
+
+
+MOTION = {
+    "indoor_room": Motion(1.2, 0.3, 0.05, 25.0, 6.0),  # handheld, walking into the room
+    "corridor": Motion(1.5, 0.15, 0.04, 10.0, 4.0),
+    "street": Motion(15.0, 0.4, 0.03, 6.0, 2.0),  # vehicle
+    "tabletop": Motion(0.15, 0.1, 0.03, 15.0, 5.0),
+}
+SWAY_FREQUENCIES = np.array([0.6, 1.3, 2.1])  # cycles per trajectory: smooth, not periodic over it
+SWAY_WEIGHTS = np.array([1.0, 0.5, 0.25]) / 1.75
+CLEARANCE = 0.15  # metres between the camera and any box, sphere or wall along the trajectory
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A smooth camera path through one world: ``camera(u)`` for u in [0, 1]."""
+
+    base: Camera
+    motion: Motion
+    phases: np.ndarray  # (5, len(SWAY_FREQUENCIES)): lateral, vertical, forward wobble, yaw, pitch
+    scale: float = 1.0  # shrinks translation when the full motion would hit the scene
+
+    def _sway(self, u: float) -> np.ndarray:
+        return np.sin(2 * math.pi * SWAY_FREQUENCIES * u + self.phases) @ SWAY_WEIGHTS
+
+    def camera(self, u: float) -> Camera:
+        m, sway = self.motion, self._sway(u)
+        offset = self.scale * np.array([m.sway * sway[0], m.bob * sway[1],
+                                        m.travel * u + 0.05 * m.travel * sway[2]], np.float32)
+        return Camera(self.base.position + offset, self.base.yaw + math.radians(m.yaw_deg) * sway[3],
+                      self.base.pitch + math.radians(m.pitch_deg) * sway[4], self.base.roll, self.base.fov_h)
+
+
+def _collides(scene: Scene, position: np.ndarray) -> bool:
+    """True when ``position`` is within CLEARANCE of a box or sphere, or outside a room wall."""
+    p = scene.prims
+    d = position[None, :] - p["center"]
+    lx = p["cos"] * d[:, 0] - p["sin"] * d[:, 2]
+    lz = p["sin"] * d[:, 0] + p["cos"] * d[:, 2]
+    local = np.stack([lx, d[:, 1], lz], axis=1)
+    inside_box = (np.abs(local) < p["half"] + CLEARANCE).all(axis=1) & (p["kind"] == BOX)
+    inside_sphere = (np.linalg.norm(d, axis=1) < p["radius"] + CLEARANCE) & (p["kind"] == SPHERE)
+    axis = p["axis"].astype(np.intp)
+    signed = (position[axis] - p["center"][np.arange(len(axis)), axis]) * p["sign"]
+    behind_wall = (signed < CLEARANCE) & (p["kind"] == PLANE)
+    return bool((inside_box | inside_sphere | behind_wall).any())
+
+
+class SequenceGenerator(SceneGenerator):
+    """``n`` interleaved frames of ``len(families)`` fixed worlds: frame i is step i // W of world i % W."""
+
+    def __init__(self, config: SynthConfig | None = None, seed: int = 0, n: int = 1000) -> None:
+        super().__init__(config or SynthConfig(mode="sequence"), seed)
+        if int(n) < 1:
+            raise NpuqError(f"synthetic sequence: number of frames must be positive, got {n}")
+        self.n = int(n)
+        self.n_worlds = len(self.config.families)
+        self.steps = -(-self.n // self.n_worlds)
+        self._worlds = [self._world(w) for w in range(self.n_worlds)]
+
+    def _world(self, w: int) -> tuple[Scene, Trajectory]:
+        rng = np.random.default_rng([self.seed, w, WORLD_STREAM])
+        family = self.config.families[w]
+        builder = SceneBuilder(rng, self.bank)
+        camera, light = FAMILY_BUILDERS[family](builder)
+        camera = dataclasses.replace(camera, fov_h=math.radians(SEQUENCE_FOV_DEG))
+        world = builder.build(family, camera, light)
+        phases = rng.uniform(0, 2 * math.pi, (5, len(SWAY_FREQUENCIES)))
+        trajectory = Trajectory(camera, MOTION[family], phases)
+        return world, self._clear(world, trajectory)
+
+    def _clear(self, world: Scene, trajectory: Trajectory) -> Trajectory:
+        """The trajectory with its translation halved until no pose comes near the scene (or none)."""
+        for scale in (1.0, 0.5, 0.25, 0.125):
+            candidate = dataclasses.replace(trajectory, scale=scale)
+            poses = (candidate.camera(u).position for u in np.linspace(0, 1, 64))
+            if not any(_collides(world, pos) for pos in poses):
+                return candidate
+        return dataclasses.replace(trajectory, scale=0.0)
+
+    def time_step(self, index: int) -> tuple[int, float]:
+        """(world, trajectory position u in [0, 1]) of frame ``index``."""
+        if not 0 <= int(index) < self.n:
+            raise NpuqError(f"synthetic sequence: frame index {index} outside 0..{self.n - 1}")
+        step = int(index) // self.n_worlds
+        return int(index) % self.n_worlds, step / max(1, self.steps - 1)
+
+    def scene(self, index: int, rng: np.random.Generator | None = None) -> Scene:
+        world, u = self.time_step(index)
+        scene, trajectory = self._worlds[world]
+        return dataclasses.replace(scene, camera=trajectory.camera(u))
+
+
+def sequence_part(n: int, part: str, n_worlds: int = len(FAMILIES)) -> range:
+    """Frame indices of ``part`` (see SEQUENCE_PARTS) in an ``n``-frame sequence set: whole time steps."""
+    if part not in SEQUENCE_PARTS:
+        raise NpuqError(f"synthetic sequence: part must be one of {tuple(SEQUENCE_PARTS)}, got {part!r}")
+    steps = -(-n // n_worlds)
+    lo, hi = (round(f * steps) for f in SEQUENCE_PARTS[part])
+    return range(lo * n_worlds, min(n, hi * n_worlds))
+
+
+def make_generator(config: SynthConfig, seed: int, n: int) -> SceneGenerator:
+    """The generator of ``config.mode``: random worlds per frame, or fixed worlds along trajectories."""
+    if config.mode == "sequence":
+        return SequenceGenerator(config, seed, n)
+    return SceneGenerator(config, seed)
+
+
+# --------------------------------------------------------------------------------------------------
 # Folder datasets.
 
 
@@ -987,7 +1127,7 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, size: tuple[int, int],
-                            force: bool = False, progress: bool = True) -> Path:
+                            force: bool = False, progress: bool = True, mode: str = "random") -> Path:
     """Render ``n`` frames to ``out_dir``: rgb/NNNNNN.png, depth/NNNNNN.png (uint16 mm), index.json.
 
     index.json is written last (atomically), so a folder without it is an interrupted run.
@@ -996,13 +1136,13 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, size: tuple[
     if n < 1:
         raise NpuqError(f"{out_dir}: number of frames must be positive, got {n}")
     _check_out_dir(out_dir, force)
-    config = SynthConfig(size=tuple(size))
-    generator = SceneGenerator(config, seed)
+    config = SynthConfig(size=tuple(size), mode=mode)
+    generator = make_generator(config, seed, n)
     (out_dir / "rgb").mkdir(parents=True, exist_ok=True)
     (out_dir / "depth").mkdir(exist_ok=True)
     (out_dir / "index.json").unlink(missing_ok=True)
     frames = []
-    with _progress(progress, n, f"rendering {out_dir.name}") as advance:
+    with counter(progress, n, f"rendering {out_dir.name}") as advance:
         for i in range(n):
             frame = generator.frame(i)
             name = frame_name(i)
@@ -1015,28 +1155,8 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, size: tuple[
 
     index = {"format": INDEX_FORMAT, "seed": int(seed), "size": list(config.size),
              "config": config.to_dict(), "depth_scale": DEPTH_SCALE, "frames": frames}
+    if mode == "sequence":
+        index["parts"] = {part: [r.start, r.stop] for part in SEQUENCE_PARTS
+                          if (r := sequence_part(n, part, len(config.families)))}
     write_json(out_dir / "index.json", index)
     return out_dir
-
-
-class _progress:
-    """Context manager yielding ``advance()``: a rich progress bar when enabled, else a no-op."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        self.bar = Progress()
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-

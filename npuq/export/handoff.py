@@ -28,6 +28,7 @@ import torch
 
 from npuq.errors import NpuqError
 from npuq.io import atomic_write, write_bytes, write_json, write_text
+from npuq.progress import track
 
 FORMAT = "npuq-handoff/1"
 MODEL_FILE = "model.onnx"
@@ -72,21 +73,13 @@ def write_calibration_arrays(pool, indices: list[int], out_dir: Path, progress: 
     """``calib/NNNN.npy`` and ``.bin`` per frame; returns the file stems relative to ``out_dir``."""
     width = max(4, len(str(len(indices) - 1)))
     stems = []
-    for k, index in enumerate(_track(indices, progress)):
+    for k, index in enumerate(track(indices, "writing calibration set", progress)):
         array = np.ascontiguousarray(pool[index]["rgb"][None].numpy(), dtype=np.float32)
         stem = f"{CALIB_DIR}/{k:0{width}d}"
         atomic_write(out_dir / f"{stem}.npy", lambda p, a=array: _save_npy(p, a))
         write_bytes(out_dir / f"{stem}.bin", array.astype("<f4").tobytes(order="C"))
         stems.append(stem)
     return stems
-
-
-def _track(items: list[int], progress: bool):
-    if not progress:
-        return items
-    from rich.progress import track
-
-    return track(items, description="writing calibration set", transient=True)
 
 
 def check_onnx_vs_torch(model, onnx_path: Path, rgb: torch.Tensor) -> float:

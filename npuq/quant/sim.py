@@ -64,6 +64,7 @@ from torch import nn
 
 from npuq.errors import NpuqError
 from npuq.io import write_json, write_text
+from npuq.progress import track
 from npuq.quant.bias_correction import measure_output_shift, output_means
 from npuq.quant.cle import CLEReport, equalize
 from npuq.quant.graph import (
@@ -755,12 +756,8 @@ def calibration_batches(calib_data: Any, batch_size: int = CALIB_BATCH) -> list[
     return list(torch.cat(items).split(batch_size))
 
 
-def _progress(batches: list[torch.Tensor], description: str, enabled: bool) -> Iterable[torch.Tensor]:
-    if not enabled:
-        return batches
-    from rich.progress import track
-
-    return track(batches, description=description)
+def _progress(items: list, description: str, enabled: bool) -> Iterable:
+    return track(items, description, enabled)
 
 
 @torch.no_grad()
@@ -831,13 +828,20 @@ def simulate_ptq(model: nn.Module, profile: QuantProfile, calib_data: Any,
     """
     batches = calibration_batches(calib_data)
     sim = build_quantsim(model, profile, batches[0][:1])
-    _init_weight_qparams(sim)
-    calibrate(sim, batches, progress)
-    if profile.bias_correction == "empirical":
-        correct_biases(sim, batches, progress)
-    elif profile.bias_correction == "empirical-sequential":
-        correct_biases_sequential(sim, batches, progress)
+    recalibrate(sim, batches, progress)
     return sim
+
+
+def recalibrate(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False) -> None:
+    """What the toolchain computes for the sim's current weights: weight scales, activation thresholds
+    and the profile's bias correction (``simulate_ptq`` after building the graph)."""
+    with torch.no_grad():
+        _init_weight_qparams(sim)
+        calibrate(sim, batches, progress)
+        if sim.profile.bias_correction == "empirical":
+            correct_biases(sim, batches, progress)
+        elif sim.profile.bias_correction == "empirical-sequential":
+            correct_biases_sequential(sim, batches, progress)
 
 
 # -- loading ----------------------------------------------------------------------------------------

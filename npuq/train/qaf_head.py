@@ -18,7 +18,7 @@ disabled (up to the BN-folding rounding in the frozen encoder).
 
 Training. The sim is an eval-mode trace returning only scale 0, so the loss is the head's own loss
 (``npuq.train.head_losses.head_loss``) on scale 0 at the input resolution. Adam at a constant ``lr``;
-batch ``s`` holds the frames ``npuq.train.fp32.batch_indices(seed, s, batch_size, n)`` (no augmentation),
+batch ``s`` holds the frames ``npuq.train.loop.batch_indices(seed, s, batch_size, n)`` (no augmentation),
 so a run is a pure function of its arguments.
 
 Frozen scales. Fake quantization passes no gradient to values outside the grid, so an output that has
@@ -29,7 +29,7 @@ correction) on the calibration images before every k-th step, as the fresh PTQ o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,16 +40,9 @@ from torch import Tensor, nn
 from npuq.errors import NpuqError
 from npuq.io import check_writable
 from npuq.quant.profile import QuantProfile, load_profile
-from npuq.quant.sim import (
-    QuantSim,
-    _init_weight_qparams,
-    calibrate,
-    calibration_batches,
-    correct_biases,
-    simulate_ptq,
-)
-from npuq.train.fp32 import batch_indices
-from npuq.train.head_losses import head_loss
+from npuq.quant.sim import QuantSim, calibration_batches, recalibrate, simulate_ptq
+from npuq.train import objectives
+from npuq.train.loop import FitConfig, Hooks, fit, new_state
 
 SIM_PREFIX = "graph_module."  # QuantSim parameter names are the float model's under this prefix
 DEFAULT_BATCH = 4
@@ -108,25 +101,8 @@ def _only_trainable(sim: QuantSim, params: Sequence[nn.Parameter]) -> Iterator[N
             p.requires_grad_(flag)
 
 
-def load_step(dataset: Any, seed: int, step: int, batch_size: int) -> tuple[Tensor, Tensor]:
-    """RGB [B,3,H,W] and depth [B,1,H,W] of ``step``."""
-    items = [dataset[i] for i in batch_indices(seed, step, batch_size, len(dataset))]
-    return torch.stack([it["rgb"] for it in items]), torch.stack([it["depth"] for it in items])
-
-
-def recalibrate(sim: QuantSim, calib_batches: Sequence[Tensor]) -> None:
-    """Recompute every weight and activation scale, and the empirical bias correction, for the sim's
-    current weights (what ``simulate_ptq`` would find for them)."""
-    with torch.no_grad():
-        _init_weight_qparams(sim)
-        calibrate(sim, list(calib_batches))
-        if sim.profile.bias_correction == "empirical":
-            correct_biases(sim, list(calib_batches))
-
-
 def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Sequence[str], steps: int,
-                      lr: float, seed: int, batch_size: int = DEFAULT_BATCH,
-                      on_step: Callable[[int, float], None] | None = None,
+                      lr: float, seed: int, batch_size: int = DEFAULT_BATCH, progress: bool = False,
                       calib_batches: Sequence[Tensor] | None = None,
                       recalibrate_every: int | None = None) -> list[float]:
     """Train the sim's parameters ``names`` for ``steps`` Adam steps on ``head_loss`` of the simulated
@@ -140,24 +116,19 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
     if recalibrate_every is not None and (recalibrate_every <= 0 or not calib_batches):
         raise NpuqError("quantsim fine-tune: recalibrate_every must be positive and needs calibration images")
     device = params[0].device
-    optimizer = torch.optim.Adam(params, lr=lr)
-    losses: list[float] = []
-    sim.eval()  # the trace is the eval-mode model; train() would only touch unfolded BN statistics
+    cfg = FitConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, augment=False, optimizer="adam",
+                    schedule="constant", label="quantsim fine-tune")
+
+    def before_step(step: int) -> None:
+        if recalibrate_every and step and step % recalibrate_every == 0:
+            recalibrate(sim, [b.to(device) for b in calib_batches])
+
+    # the trace is the eval-mode model; train() would only touch unfolded BN statistics
+    hooks = Hooks(before_step=before_step, train_mode=nn.Module.eval)
     with _only_trainable(sim, params), torch.enable_grad():
-        for step in range(steps):
-            if recalibrate_every and step and step % recalibrate_every == 0:
-                recalibrate(sim, [b.to(device) for b in calib_batches])
-            rgb, depth = load_step(dataset, seed, step, batch_size)
-            loss = head_loss(head, sim(rgb.to(device)), depth.to(device))
-            if not torch.isfinite(loss):
-                raise NpuqError(f"quantsim fine-tune: loss {loss.item()} at step {step}; lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            if on_step is not None:
-                on_step(step + 1, losses[-1])
-    return losses
+        state = fit(sim, dataset, objectives.head(head), cfg, new_state(params, cfg),
+                    hooks, progress, device)
+    return state.losses
 
 
 def _open_data(data: Any, size: tuple[int, int]) -> Any:
@@ -209,8 +180,8 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                         f"by prefixes {list(prefixes or [])}); nothing can be mapped back to the float model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size,
-                                   _progress_printer(steps) if progress else None, batches, recalibrate_every)
+        losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size, progress,
+                                   batches, recalibrate_every)
     write_back(sim, model, names)
     model.eval()
     from npuq.models.checkpoint import save_checkpoint
@@ -222,15 +193,3 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     extra = {"train": {"step": steps, "finished": True, "loss": losses[-1], "config": config},
              "qaf": {"trained_parameters": list(names), "losses": losses}}
     return save_checkpoint(out, model, extra=extra, force=force)
-
-
-def _progress_printer(total: int) -> Callable[[int, float], None]:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-
-    def report(step: int, loss: float) -> None:
-        if step == total or step % max(1, total // 10) == 0:
-            console.print(f"quantsim fine-tune: step {step}/{total}, loss {loss:.4f}", markup=False)
-
-    return report

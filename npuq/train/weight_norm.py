@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,47 +293,21 @@ def finetune_weight_norm(model_path: str | Path, data: str, cfg: WeightNormConfi
 
 
 def _run(model: nn.Module, dataset, cfg: WeightNormConfig, tcfg, progress: bool) -> dict[str, float]:
-    """The fine-tune loop; returns the last step's supervised loss and the penalty at start and end."""
-    from npuq.train.fp32 import load_batch, lr_factor, scale_depths
-    from npuq.train.losses import multiscale_loss
+    """The fine-tune; returns the last step's supervised loss and the penalty at start and end."""
+    from npuq.train import objectives
+    from npuq.train.fp32 import fit_config
+    from npuq.train.loop import Hooks, fit, new_state
 
     penalty = WeightRangePenalty(model, cfg.p)
     with torch.no_grad():
         start_penalty = float(penalty())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_frac))
-    _set_train_mode(model, cfg.freeze_bn)
-    supervised = float("nan")
-    with _progress(progress, cfg.steps) as advance:
-        for step in range(cfg.steps):
-            rgb, depth = load_batch(dataset, tcfg, step)
-            sup = multiscale_loss(scale_depths(model, rgb), depth, cfg.loss)
-            loss = sup + cfg.strength * penalty()
-            if not torch.isfinite(loss):
-                raise NpuqError(f"{tcfg.out}: weight-norm fine-tune diverged at step {step} "
-                                f"(loss {loss.item()}); lower lr or strength")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            supervised = sup.item()
-            advance(supervised)
+    fcfg = dataclasses.replace(fit_config(tcfg), label="weight-norm fine-tune")
+    objective = objectives.combine(objectives.supervised(cfg.loss),
+                                   objectives.weight_range(penalty, cfg.strength))
+    state = fit(model, dataset, objective, fcfg, new_state(model.parameters(), fcfg),
+                Hooks(train_mode=lambda m: _set_train_mode(m, cfg.freeze_bn)), progress)
     model.eval()
     with torch.no_grad():
         end_penalty = float(penalty())
-    return {"supervised": supervised, "penalty_start": start_penalty, "penalty_end": end_penalty}
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
-    if not enabled:
-        yield lambda loss: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("weight-norm fine-tune"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task("finetune", total=total, loss=float("nan"))
-        yield lambda loss: bar.update(task, advance=1, loss=loss)
+    return {"supervised": state.last_terms["supervised"], "penalty_start": start_penalty,
+            "penalty_end": end_penalty}

@@ -151,7 +151,7 @@ def test_model_eval_output_traces_and_decodes(name):
 
 
 def test_train_mode_returns_tuples_per_scale_and_fp32_decodes_them():
-    from npuq.train.fp32 import scale_depths
+    from npuq.train.objectives import scale_depths
 
     torch.manual_seed(0)
     model = DepthResNet(DepthNetConfig(head="int-frac")).train()

@@ -9,17 +9,10 @@ import torch
 
 from npuq.analysis.metrics import METRIC_NAMES
 from npuq.errors import NpuqError
-from npuq.train.fp32 import (
-    TrainConfig,
-    augment_batch,
-    batch_indices,
-    build_model,
-    load_batch,
-    lr_factor,
-    scale_depths,
-    train,
-)
+from npuq.train.fp32 import TrainConfig, build_model, load_batch, train
+from npuq.train.loop import augment_batch, batch_indices, lr_factor
 from npuq.train.losses import multiscale_loss
+from npuq.train.objectives import scale_depths
 
 DATA = "synth:n=8,seed=0,size=64x64"
 
@@ -133,7 +126,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     paused = tmp_path / "paused.pt"
     train(tiny(paused, stop_at_step=2), progress=False)
     state = saved(paused)["extra"]["train"]
-    assert state["step"] == 2 and not state["finished"] and "optimizer" in state
+    assert state["step"] == 2 and not state["finished"] and "optimizer" in state["resume"]
     with pytest.raises(AssertionError):
         assert_same_weights(tmp_path / "straight.pt", paused, exact=False)
     train(tiny(paused, resume=True), progress=False)
