@@ -30,14 +30,25 @@ def check_folder_writable(folder: str | Path, names: Iterable[str], force: bool)
     return folder
 
 
+def umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], force: bool = True) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` so readers never see half a file."""
+    """Call ``write(tmp_path)`` and rename the result onto ``path`` so readers never see half a file.
+
+    The file gets the umask's mode (``mkstemp`` alone would make it 0600: colleagues could not read
+    a hand-off folder)."""
     path = check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

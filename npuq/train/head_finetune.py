@@ -27,6 +27,7 @@ import torch
 
 from npuq.errors import NpuqError
 from npuq.io import check_writable
+from npuq.quant.profile import QuantProfile
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class HeadFinetuneConfig:
     qaf_lr: float = 2e-5
     qaf_batch_size: int = 4
     qaf_prefixes: tuple[str, ...] = ("head.",)
-    profile: str = "npu-default"
+    profile: str | QuantProfile = "npu-default"
     seed: int = 0
 
     def __post_init__(self) -> None:
