@@ -1000,6 +1000,9 @@ MOTION = {
     "tabletop": Motion(0.15, 0.1, 0.03, 15.0, 5.0),
 }
 SWAY_FREQUENCIES = np.array([0.6, 1.3, 2.1])  # cycles per trajectory: smooth, not periodic over it
+# The path goes out and comes back (1.25 cycles): the test part revisits places the train part saw,
+# from other poses, as a camera moving about one room or driving one route does.
+TRAVEL_CYCLES = 1.25
 SWAY_WEIGHTS = np.array([1.0, 0.5, 0.25]) / 1.75
 CLEARANCE = 0.15  # metres between the camera and any box, sphere or wall along the trajectory
 
@@ -1018,8 +1021,9 @@ class Trajectory:
 
     def camera(self, u: float) -> Camera:
         m, sway = self.motion, self._sway(u)
+        along = 0.5 * (1.0 - math.cos(2 * math.pi * TRAVEL_CYCLES * u))
         offset = self.scale * np.array([m.sway * sway[0], m.bob * sway[1],
-                                        m.travel * u + 0.05 * m.travel * sway[2]], np.float32)
+                                        m.travel * (along + 0.05 * sway[2])], np.float32)
         return Camera(self.base.position + offset, self.base.yaw + math.radians(m.yaw_deg) * sway[3],
                       self.base.pitch + math.radians(m.pitch_deg) * sway[4], self.base.roll, self.base.fov_h)
 

@@ -184,6 +184,8 @@ class RemedyConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         try:
             return cls(**values)
+        except NpuqError as exc:
+            raise NpuqError(f"{where}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise NpuqError(f"{where}: bad config ({exc})") from None
 
