@@ -15,7 +15,7 @@ import yaml
 
 from npuq.errors import NpuqError
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"  # package data: shipped with the wheel
 
 ACT_RANGE_METHODS = ("minmax", "percentile", "mse", "kl")
 WEIGHT_RANGE_METHODS = ("minmax", "mse")
@@ -203,13 +203,18 @@ def profile_from_dict(data: Any, source: str = "<profile>") -> QuantProfile:
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:
-    """A path to a YAML file, or the name of a shipped profile (``npu-default``)."""
+    """A path to a YAML file, or the name of a shipped profile (``npu-default``).
+
+    A YAML file given by path wins; a bare name is a shipped profile even when a folder of that name
+    sits in the working directory."""
     path = Path(name_or_path)
-    if path.exists():
+    if path.is_file():
         return path
     shipped = PROFILE_DIR / f"{name_or_path}.yaml"
-    if shipped.exists():
+    if path.suffix not in (".yaml", ".yml") and len(path.parts) == 1 and shipped.is_file():
         return shipped
+    if path.is_dir():
+        raise NpuqError(f"{path}: is a folder, not a profile YAML")
     names = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
     raise NpuqError(f"{name_or_path}: no such profile file (shipped profiles: {names})")
 

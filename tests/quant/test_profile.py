@@ -133,8 +133,14 @@ def test_unknown_profile_name_lists_the_shipped_ones():
     assert "no-such-npu" in str(info.value)
 
 
-def test_unreadable_profile(tmp_path):
-    assert "cannot read" in error_line(tmp_path)  # a directory
+def test_a_folder_is_not_a_profile(tmp_path):
+    assert "is a folder, not a profile YAML" in error_line(tmp_path)
+
+
+def test_a_folder_named_like_a_shipped_profile_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "npu-default").mkdir()
+    assert load_profile("npu-default").name == "npu-default"
 
 
 def test_partial_sections_keep_the_defaults(tmp_path):

@@ -1,0 +1,94 @@
+"""``measure``: the one code path that turns a hand-off into an INT8 figure.
+
+A fresh ``simulate_ptq`` of the hand-off's float checkpoint with its calibration set under its profile,
+scored on test frames, next to the FP32 score of the same checkpoint. The CLI, the demo, the roadmap
+runner, ``best`` (on validation frames) and ``bench/`` all call it.
+
+It lives at the package top (not in ``roadmap/``) because the ``best`` remedy measures its
+alternatives too, and remedies must not import the runner that imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from npuq.analysis.metrics import MetricConfig, evaluate
+from npuq.errors import NpuqError
+
+if TYPE_CHECKING:
+    from npuq.remedies.base import DataRef, Handoff
+
+
+@dataclass(frozen=True)
+class Score:
+    """FP32 and INT8-sim metrics of one hand-off on one test set."""
+
+    fp32: dict[str, float]
+    int8: dict[str, float]
+    reference_fp32: float | None = None  # abs_rel of the untouched reference on the same frames
+    metric: str = "abs_rel"
+
+    @property
+    def int8_over_fp32(self) -> float:
+        """INT8 over the hand-off's own FP32."""
+        return self.int8[self.metric] / self.fp32[self.metric]
+
+    @property
+    def int8_over_reference(self) -> float | None:
+        """INT8 over the reference FP32: the headline ratio."""
+        return None if self.reference_fp32 is None else self.int8[self.metric] / self.reference_fp32
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "fp32": self.fp32, "int8": self.int8,
+                "reference_fp32": self.reference_fp32, "int8_over_fp32": self.int8_over_fp32,
+                "int8_over_reference": self.int8_over_reference}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        return cls(data["fp32"], data["int8"], data.get("reference_fp32"), data.get("metric", "abs_rel"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise NpuqError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NpuqError("--device cuda: no CUDA device is available to torch here")
+    return torch.device(device)
+
+
+def _predictor(net: torch.nn.Module, head: torch.nn.Module, device: torch.device):
+    from npuq.models.heads import as_tuple
+
+    def predict(rgb: torch.Tensor) -> torch.Tensor:
+        return head.decode(as_tuple(net(rgb.to(device)))).cpu()
+
+    return predict
+
+
+def measure(handoff: Handoff, test: DataRef, metric: MetricConfig | None = None,
+            reference_fp32: float | None = None, device: str = "cpu", progress: bool = False,
+            batch_size: int = 8) -> Score:
+    """Fresh ``simulate_ptq`` of ``handoff``, then FP32 and INT8 metrics on ``test`` (native depth)."""
+    from npuq.models.checkpoint import load_model
+    from npuq.pipeline import training_size
+    from npuq.quant import simulate_ptq
+
+    metric = metric or MetricConfig()
+    dev = resolve_device(device)
+    model = load_model(handoff.checkpoint).eval().to(dev)
+    size = training_size(handoff.checkpoint)
+    dataset = test.open(size, depth_at="native")
+    fp32 = evaluate(_predictor(model, model.head, dev), dataset, metric, batch_size, progress)
+    sim = simulate_ptq(model, handoff.profile, handoff.calib.rgb(size).to(dev), progress=progress)
+    int8 = evaluate(_predictor(sim, model.head, dev), dataset, metric, batch_size, progress)
+    return Score(_numbers(fp32), _numbers(int8), reference_fp32)
+
+
+def _numbers(result: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}

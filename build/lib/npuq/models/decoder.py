@@ -1,0 +1,83 @@
+"""Monodepth2 / PackNet-SfM depth decoder (the ten upconv blocks; the output convs live in the head).
+
+Module and state-dict names follow Monodepth2: ``decoder.N.conv.conv.weight`` for the ConvBlocks,
+where ``N`` runs over upconv(4,0), upconv(4,1), upconv(3,0), ..., upconv(0,1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NUM_CH_DEC: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+class Conv3x3(nn.Module):
+    """Reflection pad by one pixel, then a 3x3 convolution with bias (Monodepth2's ``Conv3x3``)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.pad(x))
+
+
+class ConvBlock(nn.Module):
+    """Conv3x3 followed by ELU (Monodepth2's ``ConvBlock``); the ELU is not in-place."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = Conv3x3(in_channels, out_channels)
+        self.nonlin = nn.ELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.nonlin(self.conv(x))
+
+
+class DepthDecoder(nn.Module):
+    """Upsampling decoder with skip connections.
+
+    ``forward(features)`` takes the encoder's five features and returns the upconv(i, 1) outputs for
+    scales ``0..num_scales-1`` (scale 0 is full input resolution, scale s is 1/2**s of it).
+    """
+
+    def __init__(self, num_ch_enc: list[int], num_ch_dec: tuple[int, ...] = NUM_CH_DEC, num_scales: int = 4):
+        super().__init__()
+        if len(num_ch_enc) != 5 or len(num_ch_dec) != 5:
+            raise ValueError("DepthDecoder needs five encoder and five decoder channel counts")
+        if not 1 <= num_scales <= 5:
+            raise ValueError(f"num_scales must be in 1..5, got {num_scales}")
+        self.num_ch_enc = list(num_ch_enc)
+        self.num_ch_dec = list(num_ch_dec)
+        self.num_scales = num_scales
+        blocks = []
+        for i in range(4, -1, -1):
+            in_0 = num_ch_enc[-1] if i == 4 else num_ch_dec[i + 1]
+            in_1 = num_ch_dec[i] + (num_ch_enc[i - 1] if i > 0 else 0)
+            blocks += [ConvBlock(in_0, num_ch_dec[i]), ConvBlock(in_1, num_ch_dec[i])]
+        self.decoder = nn.ModuleList(blocks)
+
+    def upconv(self, i: int, j: int) -> nn.Module:
+        """The ConvBlock Monodepth2 calls ``("upconv", i, j)``."""
+        return self.decoder[2 * (4 - i) + j]
+
+    @property
+    def scale_channels(self) -> list[int]:
+        """Channels of the per-scale outputs, scale 0 first (what a head's ``in_channels`` must be)."""
+        return self.num_ch_dec[: self.num_scales]
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        x = features[-1]
+        outputs: list[Tensor] = []
+        for i in range(4, -1, -1):
+            x = self.upconv(i, 0)(x)
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if i > 0:
+                x = torch.cat([x, features[i - 1]], 1)
+            x = self.upconv(i, 1)(x)
+            if i < self.num_scales:
+                outputs.append(x)
+        return outputs[::-1]

@@ -1,0 +1,52 @@
+"""``qaf``: quantization-aware fine-tuning through the simulated toolchain (the user's Path C).
+
+Fake quantization of the hand-off's profile with straight-through gradients, through the decoder and
+the head (``npuq.train.qaf_head``: the BN-folded encoder has no one-to-one float counterpart and stays
+frozen). Every ``recalibrate_every`` steps the thresholds, weight scales and bias correction are
+recomputed the way ``simulate_ptq`` would, so the model moves towards a fixed point of the toolchain
+instead of fitting thresholds the vendor recomputes anyway. The float weights are handed over again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from npuq.errors import NpuqError
+from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+
+
+@dataclass(frozen=True)
+class QafConfig(RemedyConfig):
+    name = "qaf"
+    steps: int = 200
+    lr: float = 2e-5
+    batch_size: int = 4
+    recalibrate_every: int | None = 25
+    prefixes: tuple[str, ...] = ("decoder.", "head.")  # which float parameters train
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.lr <= 0 or self.batch_size <= 0:
+            raise NpuqError("qaf: steps, lr and batch_size must be positive")
+        if self.recalibrate_every is not None and self.recalibrate_every <= 0:
+            raise NpuqError("qaf: recalibrate_every must be positive or null")
+
+    @classmethod
+    def smoke(cls) -> QafConfig:
+        return cls(steps=2, batch_size=2, recalibrate_every=1)
+
+
+@register_remedy(QafConfig)
+def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -> Handoff:
+    """Fine-tune decoder and head through the simulated toolchain, re-calibrating as it goes."""
+    from npuq.models.checkpoint import load_model
+    from npuq.train.qaf_head import finetune_through_quantsim
+
+    size = input_size(handoff)
+    model = load_model(handoff.checkpoint).eval()
+    out = ctx.work_dir / "qaf.pt"
+    finetune_through_quantsim(model, handoff.profile, handoff.calib.rgb(size), ctx.train.open(size),
+                              steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
+                              prefixes=cfg.prefixes, recalibrate_every=cfg.recalibrate_every, force=True,
+                              progress=ctx.progress)
+    return dataclasses.replace(handoff, checkpoint=out, notes={})

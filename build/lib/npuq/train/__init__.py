@@ -1,0 +1,1 @@
+"""Training: supervised depth losses (``losses``) and the FP32 training loop (``fp32``)."""

@@ -1,0 +1,57 @@
+"""Objectives for ``npuq.train.loop.fit``: each maps (model, rgb, depth) to named loss terms.
+
+``supervised``: the multi-scale depth loss of the FP32 reference. ``head``: each head's own loss on its
+own targets. ``weight_range``: the weight-normalization penalty. ``combine`` sums objectives (the
+terms keep their names, so the loop can report them). Distillation adds its own in
+``npuq.remedies.distill``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from npuq.train.head_losses import head_loss
+from npuq.train.loop import Objective
+from npuq.train.losses import multiscale_loss
+
+
+def scale_depths(model: nn.Module, rgb: Tensor) -> list[Tensor]:
+    """Train-mode forward: metric depth of every scale, decoded by the model's head."""
+    outputs = model(rgb)
+    return [model.head.decode(out if isinstance(out, tuple) else (out,)) for out in outputs]
+
+
+def supervised(kind: str = "l1_inv+silog") -> Objective:
+    def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
+        return {"supervised": multiscale_loss(scale_depths(model, rgb), depth, kind)}
+
+    return objective
+
+
+def head(depth_head: nn.Module | None = None) -> Objective:
+    """The head's own loss on the model's raw outputs, decoded by ``depth_head`` (default ``model.head``;
+    a QuantSim has no ``.head`` and trains on its float model's)."""
+
+    def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
+        return {"head": head_loss(depth_head or model.head, model(rgb), depth)}
+
+    return objective
+
+
+def weight_range(penalty, strength: float) -> Objective:
+    """``strength`` * the weight-range penalty (``npuq.train.weight_norm.WeightRangePenalty``)."""
+
+    def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
+        return {"weight_range": strength * penalty()}
+
+    return objective
+
+
+def combine(*objectives: Objective) -> Objective:
+    def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        for part in objectives:
+            terms.update(part(model, rgb, depth))
+        return terms
+
+    return objective
