@@ -404,16 +404,20 @@ def profile_show(profile: Annotated[str, typer.Argument(help="Profile YAML or sh
 @app.command()
 @user_errors
 def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller data, input and training run.")] = False,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data, input and budgets (~2 min).")] = False,
+    out: Annotated[Path, typer.Option(help="Output folder (its cache/ holds the trained reference).")] = Path(
+        "runs/demo"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The main job on the embedded default: data, FP32 model, simulated INT8, diagnosis, summary."""
+    """The main job on the embedded default: synthetic sequences, FP32 reference, the demo roadmap."""
     from npuq.demo import DemoConfig, run_demo
+    from npuq.device import resolve_device
 
-    cfg = DemoConfig.quick(out=out, force=force) if quick else DemoConfig(out=out, force=force)
-    summary = run_demo(cfg)
+    resolve_device(device)
+    make = DemoConfig.quick if quick else DemoConfig
+    summary = run_demo(make(out=out, force=force, device=device))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
 

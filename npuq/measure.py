@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from npuq.analysis.metrics import MetricConfig, evaluate
-from npuq.errors import NpuqError
+from npuq.device import resolve_device
 
 if TYPE_CHECKING:
     from npuq.remedies.base import DataRef, Handoff
@@ -49,17 +49,6 @@ class Score:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Score:
         return cls(data["fp32"], data["int8"], data.get("reference_fp32"), data.get("metric", "abs_rel"))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise NpuqError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NpuqError("--device cuda: no CUDA device is available to torch here")
-    return torch.device(device)
 
 
 def _predictor(net: torch.nn.Module, head: torch.nn.Module, device: torch.device):

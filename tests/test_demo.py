@@ -1,46 +1,66 @@
-"""`npuq demo` end to end on a tiny configuration: every phase runs and lands in the roadmap table."""
+"""`npuq demo` end to end on a tiny configuration: reference, then the demo plan through the runner."""
 
+import dataclasses
 import json
 
 import pytest
 
-from npuq.demo import DemoConfig, roadmap_rows, run_demo
+from npuq.demo import DemoConfig, run_demo
 from npuq.errors import NpuqError
 
+PLAN = """name: tiny-demo
+calibration: {size: 4}
+profile: npu-asym
+steps:
+  - label: "Phase 1: diverse calibration set"
+    remedy: calibration
+    config: {strategy: diverse, size: 4}
+    expect: phase1
+  - label: "Phase 2: best head"
+    remedy: best
+    expect: phase2
+    config:
+      alternatives:
+        sigmoid-disp: [{remedy: head, config: {head: sigmoid-disp, steps: 2, batch_size: 2}}]
+        log-depth: [{remedy: head, config: {head: log-depth, steps: 2, batch_size: 2}}]
+"""
 
-def tiny(out, **changes):
-    settings = dict(out=out, size=(64, 64), n_train=12, n_test=3, n_val=3, steps=2, batch_size=2, n_calib=4,
-                    n_diverse=5, weight_norm_steps=2, head_steps=2, head_qaf_steps=1,
-                    heads=("sigmoid-disp", "int-frac"))
-    settings.update(changes)
-    return DemoConfig(**settings)
+
+def tiny(tmp_path, **changes):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN)
+    cfg = DemoConfig(out=tmp_path / "demo", size=(64, 64), n_frames=80, steps=2, batch_size=2, plan=str(plan))
+    return dataclasses.replace(cfg, **changes)
 
 
-def test_roadmap_rows_change_vs_baseline():
-    rows = roadmap_rows(0.03, 0.10, [("Phase 1", 0.085), ("Phase 2", 0.12)])
-    assert [r["Phase"] for r in rows] == ["FP32 reference", "Baseline", "Phase 1", "Phase 2"]
-    assert [r["change vs baseline"] for r in rows] == ["", "+0.0%", "-15.0%", "+20.0%"]
-
-
-def test_demo_runs_baseline_phase1_and_phase2(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the reference model cache lives in ./.npuq-cache
-    summary = run_demo(tiny(tmp_path / "demo"))
-    phases = [row["Phase"] for row in summary["table"]]
-    assert phases[:2] == ["FP32 reference", "Baseline"]
-    assert any(p.startswith("Phase 1:") for p in phases)
-    assert any(p.startswith("Phase 2:") and summary["phase2"]["best"] in p for p in phases)
-    assert set(summary["phase2"]["heads"]) == {"sigmoid-disp", "int-frac"}
-    best = summary["phase2"]["best"]
-    assert summary["phase2"]["heads"][best]["val_int8"] == min(
-        h["val_int8"] for h in summary["phase2"]["heads"].values())
-    assert all(row["abs_rel (measured)"] > 0 for row in summary["table"])
-    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert saved["table"] == summary["table"]
-    assert (tmp_path / "demo" / "analysis" / "report.md").exists()
-    assert (tmp_path / "demo" / "phase1" / "calib-diverse.txt").read_text().count("\n") >= 5
+def test_demo_trains_the_reference_then_runs_its_plan(tmp_path):
+    cfg = tiny(tmp_path)
+    result = run_demo(cfg)
+    assert [r["step"] for r in result["rows"]] == ["FP32 reference", "Baseline",
+                                                   "Phase 1: diverse calibration set", "Phase 2: best head"]
+    chosen = result["rows"][3]["notes"]["chosen"]
+    validation = result["rows"][3]["notes"]["validation"]
+    assert chosen in {"sigmoid-disp", "log-depth"}
+    assert validation[chosen]["int8"] == min(v["int8"] for v in validation.values())
+    out = cfg.out / "roadmap"
+    for name in ("report.md", "report.ko.md", "roadmap.png", "roadmap.json", "handoff/model.onnx"):
+        assert (out / name).is_file()
+    assert json.loads((out / "roadmap.json").read_text())["rows"][1]["int8"] == result["rows"][1]["int8"]
+    assert list((cfg.out / "cache").glob("reference-*.pt"))  # the cache lives under --out
+    again = run_demo(cfg)  # reference and steps come from the cache
+    assert [r["int8"] for r in again["rows"]] == [r["int8"] for r in result["rows"]]
+    assert all(r["cached"] for r in again["rows"][2:])
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path):
-    (tmp_path / "mine.txt").write_text("x")
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "mine.txt").write_text("x")
     with pytest.raises(NpuqError, match="--force"):
         run_demo(tiny(tmp_path))
+
+
+def test_the_quick_demo_uses_its_shipped_plan():
+    from npuq.roadmap.plan import load_plan
+
+    quick = DemoConfig.quick()
+    assert load_plan(quick.plan).name == "demo-quick" and quick.size[0] % 32 == 0 and quick.size[1] % 32 == 0

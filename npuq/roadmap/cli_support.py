@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from npuq.analysis.metrics import MetricConfig
+from npuq.device import resolve_device
 from npuq.errors import NpuqError
-from npuq.measure import resolve_device
 from npuq.quant.profile import load_profile
 from npuq.remedies.base import Context, DataRef, Handoff
 from npuq.roadmap.plan import Plan, load_plan
