@@ -21,6 +21,7 @@ from reference import RUNS, SIZE, reference_checkpoint
 from npuq.analysis.metrics import evaluate
 from npuq.data.calib import random_calibration
 from npuq.data.datasets import open_dataset
+from npuq.measure import fresh_ptq_metrics
 from npuq.pipeline import depth_predictor, load_float_model
 from npuq.quant import simulate_ptq
 from npuq.quant.profile import PROFILE_DIR, load_profile
@@ -52,9 +53,8 @@ def preload(dataset, limit: int | None = None) -> list[dict]:
 
 
 def int8_abs_rel(model, profile, calib, test, metric) -> tuple[dict, float, object]:
-    with Timer() as t:
-        sim = simulate_ptq(model, profile, calib)
-    return evaluate(depth_predictor(sim, model.head), test, metric), t.seconds, sim
+    result = fresh_ptq_metrics(model, profile, calib, test, metric)
+    return result.metrics, result.ptq_seconds, result.sim
 
 
 def shipped_rows(name, model, calib, test, metric, fp32) -> list[dict]:

@@ -19,15 +19,15 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, Timer, publish
+from common import RESULTS, publish
 from reference import RUNS, SIZE, reference_checkpoint, test_description
 
 from npuq.analysis.metrics import evaluate, progress_bar
 from npuq.data.calib import pool_stats, select_calibration, stack_rgb
 from npuq.data.datasets import open_dataset
 from npuq.io import write_json
+from npuq.measure import fresh_ptq_metrics
 from npuq.pipeline import depth_predictor, load_float_model
-from npuq.quant import simulate_ptq
 from npuq.quant.profile import load_profile
 from npuq.report.tables import command_line, machine_info
 
@@ -65,14 +65,15 @@ def run_dataset(name: str) -> dict:
     with progress_bar(True, len(runs), f"calibration sweep ({name})") as advance:
         for strategy, n, seed in runs:
             selection = select_calibration(pool, n, strategy, seed, model=model, stats=stats)
-            with Timer() as t:
-                sim = simulate_ptq(model, profile, stack_rgb(pool, selection.indices), progress=False)
-            m = evaluate(depth_predictor(sim, model.head), test, run["metric"])
+            calib = stack_rgb(pool, selection.indices)
+            result = fresh_ptq_metrics(model, profile, calib, test, run["metric"])
+            m, sim = result.metrics, result.sim
             records.append({"strategy": strategy, "n": n, "seed": seed, "abs_rel": m["abs_rel"],
-                            "radius": selection.radius, "ptq_seconds": t.seconds,
+                            "radius": selection.radius, "ptq_seconds": result.ptq_seconds,
                             "thresholds": thresholds(sim)})
             advance(1)
-            print(f"{name} {strategy} n={n} seed={seed}: abs_rel {m['abs_rel']:.4f} ({t.seconds:.1f} s)",
+            print(f"{name} {strategy} n={n} seed={seed}: abs_rel {m['abs_rel']:.4f} "
+                  f"({result.ptq_seconds:.1f} s)",
                   flush=True)
     pool_name = f"{run['train'].data} frames {POOLS[name].start}:{POOLS[name].stop}"
     return {"dataset": name, "command": command_line(), "machine": machine_info(), "checkpoint": ckpt,

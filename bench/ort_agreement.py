@@ -30,8 +30,8 @@ from npuq.data.calib import random_calibration
 from npuq.data.datasets import open_dataset
 from npuq.export.onnx_export import export_float_onnx
 from npuq.export.ort_check import cpu_has_vnni, run_onnx
+from npuq.measure import fresh_ptq_metrics
 from npuq.pipeline import depth_predictor, load_float_model
-from npuq.quant import simulate_ptq
 from npuq.quant.profile import QuantProfile, TensorQuantConfig
 
 TEST_FRAMES = 200
@@ -134,9 +134,8 @@ def run(name: str) -> None:
             ort_m = ort_abs_rel(qdq, model.head, test, metric, integer_kernels=False)
             ort_int = ort_abs_rel(qdq, model.head, test, metric, integer_kernels=True)
             profile = QuantProfile(name=f"ort-{method}", activations=act, bias_correction="off", cle=False)
-            with Timer() as t:
-                sim = simulate_ptq(model, profile, calib)
-            npuq_m = evaluate(depth_predictor(sim, model.head), test, metric)
+            result = fresh_ptq_metrics(model, profile, calib, test, metric)
+            sim, npuq_m = result.sim, result.metrics
             rows = threshold_rows(sim, float_onnx, ort_thresholds(qdq))
             diffs = [r["rel diff"] for r in rows]
             summary.append({
@@ -146,7 +145,7 @@ def run(name: str) -> None:
                 "abs_rel rel diff": abs(npuq_m["abs_rel"] - ort_m["abs_rel"]) / ort_m["abs_rel"],
                 "tensors compared": len(rows), "median T rel diff": statistics.median(diffs),
                 "max T rel diff": max(diffs), "share T within 5%": float(np.mean(np.array(diffs) <= 0.05)),
-                "ORT quantize_static s": ort_seconds, "npuq simulate_ptq s": t.seconds,
+                "ORT quantize_static s": ort_seconds, "npuq simulate_ptq s": result.ptq_seconds,
             })
             decoder_rows += [{"calibrator": method, **r} for r in rows if r["tensor"].startswith("decoder.")]
     context = {"seed": SEED, "calibration": f"{N_CALIB} random frames of the training pool (seed {SEED})",

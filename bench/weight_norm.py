@@ -15,12 +15,10 @@ import argparse
 from common import CACHE, publish
 from reference import RUNS, SIZE, reference_checkpoint, test_description
 
-from npuq.analysis.metrics import evaluate
 from npuq.data.calib import random_calibration
 from npuq.data.datasets import open_dataset
+from npuq.measure import float_metrics, fresh_ptq_metrics
 from npuq.models.checkpoint import load_checkpoint_dict, load_model
-from npuq.pipeline import depth_predictor
-from npuq.quant import simulate_ptq
 from npuq.quant.profile import load_profile
 from npuq.train.weight_norm import (
     WeightNormConfig,
@@ -43,11 +41,10 @@ def finetuned(name: str, reference: str, cfg: WeightNormConfig, label: str) -> s
 
 
 def score(model, calib, test, metric) -> dict:
-    row = {"FP32": evaluate(depth_predictor(model, model.head), test, metric)["abs_rel"]}
+    row = {"FP32": float_metrics(model, test, metric)["abs_rel"]}
     for cle in (True, False):
-        sim = simulate_ptq(model, load_profile(PROFILE).replace(cle=cle), calib, progress=False)
-        row[f"INT8 CLE {'on' if cle else 'off'}"] = evaluate(depth_predictor(sim, model.head), test,
-                                                             metric)["abs_rel"]
+        result = fresh_ptq_metrics(model, load_profile(PROFILE).replace(cle=cle), calib, test, metric)
+        row[f"INT8 CLE {'on' if cle else 'off'}"] = result.metrics["abs_rel"]
     sqnr, imbalance = per_tensor_weight_sqnr(model), weight_range_imbalance(model)
     sqnr_summary = summarize(sqnr)
     row["weight SQNR mean dB"], row["weight SQNR min dB"] = sqnr_summary["mean"], sqnr_summary["min"]

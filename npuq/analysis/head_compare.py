@@ -20,24 +20,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from npuq.analysis.metrics import MetricConfig, evaluate
+from npuq.analysis.metrics import MetricConfig
 from npuq.analysis.representability import grids_from_sim, gt_quantization_floor, int_frac_model_misassignment
-from npuq.models.heads import depth_predictor
 
 
 def measure_head(model: nn.Module, profiles: Mapping[str, Any], calib_rgb: torch.Tensor,
                  test: Sequence[dict], metric_cfg: MetricConfig, flip_frames: int = 16) -> dict[str, Any]:
     """FP32 / INT8-sim abs_rel per profile, the output floor and (int heads) integer flips; see module doc."""
-    from npuq.quant import simulate_ptq
+    from npuq.measure import float_metrics, fresh_ptq_metrics
 
-    model.eval()
     head = model.head
-    row: dict[str, Any] = {"head": head.name,
-                           "fp32": evaluate(depth_predictor(model, head), test, metric_cfg)["abs_rel"]}
+    row: dict[str, Any] = {"head": head.name, "fp32": float_metrics(model, test, metric_cfg)["abs_rel"]}
     first = None
     for name, profile in profiles.items():
-        sim = simulate_ptq(model, profile, calib_rgb, progress=False)
-        row[f"int8 {name}"] = evaluate(depth_predictor(sim, head), test, metric_cfg)["abs_rel"]
+        result = fresh_ptq_metrics(model, profile, calib_rgb, test, metric_cfg)
+        row[f"int8 {name}"], sim = result.metrics["abs_rel"], result.sim
         if first is None:
             first = sim
     grids = grids_from_sim(first, len(head.output_names))

@@ -338,6 +338,58 @@ def weight_norm(
     emit(result, as_json, "weight normalization")
 
 
+@app.command()
+@user_errors
+def roadmap(
+    plan: Annotated[str, typer.Argument(help="Shipped plan name (path-a, path-b, path-c, recommended, demo) "
+                                             "or a plan YAML.")],
+    data: Annotated[str, typer.Option(help="Training data (dataset folder or synth: spec).")],
+    test: Annotated[str, typer.Option(help="Test data, scored only: no remedy or choice sees it.")],
+    model: Annotated[Path | None, typer.Option(help="Float checkpoint to start from (else the plan's "
+                                                    "'start').")] = None,
+    frames: Annotated[str | None, typer.Option(help="Frame range START:STOP of --data.")] = None,
+    val: Annotated[str | None, typer.Option(help="Validation data for choices (default: the last 10%% "
+                                                 "of the training frames, held out of training).")] = None,
+    val_frames: Annotated[str | None, typer.Option(help="Frame range START:STOP of --val.")] = None,
+    test_frames: Annotated[str | None, typer.Option(help="Frame range START:STOP of --test.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Profile YAML or shipped name (default: the "
+                                                     "plan's).")] = None,
+    n_calib: Annotated[int | None, typer.Option(help="Baseline calibration frames (default: the "
+                                                     "plan's).")] = None,
+    min_depth: Annotated[float, typer.Option(help="Valid GT lower bound (m).")] = 0.1,
+    max_depth: Annotated[float, typer.Option(help="Valid GT upper bound (m).")] = 20.0,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder (finished steps are cached there).")] = Path(
+        "runs/roadmap"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    lang: Annotated[str, typer.Option(help="en, or ko: also write report.ko.md.")] = "en",
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a roadmap plan: every step a remedy, every step judged by a fresh simulated PTQ."""
+    from npuq.roadmap.cli_support import roadmap_inputs
+    from npuq.roadmap.runner import run_roadmap
+
+    if lang not in ("en", "ko"):
+        raise NpuqError(f"--lang must be en or ko, got {lang!r}")
+    loaded, start, ctx, test_ref = roadmap_inputs(
+        plan, data=data, test=test, model=model, frames=_frame_range(frames), val=val,
+        val_frames=_frame_range(val_frames), test_frames=_frame_range(test_frames), profile=profile,
+        n_calib=n_calib, min_depth=min_depth, max_depth=max_depth, seed=seed, out=out, device=device,
+        progress=not as_json)
+    result = run_roadmap(loaded, start, ctx, test_ref, out, force=force, lang=lang)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from npuq.report.roadmap import COLUMNS, table_rows
+    from npuq.report.tables import print_table
+
+    print_table(table_rows(result), COLUMNS, title=f"npuq roadmap {loaded.name}: {result['profile']} "
+                f"({result['calibrator']}), abs_rel on {test_ref}")
+    for name, path in result["outputs"].items():
+        typer.echo(f"{name:>10}: {path}")
+
+
 @profile_app.command("show")
 @user_errors
 def profile_show(profile: Annotated[str, typer.Argument(help="Profile YAML or shipped name.")]) -> None:
@@ -352,16 +404,20 @@ def profile_show(profile: Annotated[str, typer.Argument(help="Profile YAML or sh
 @app.command()
 @user_errors
 def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller data, input and training run.")] = False,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data, input and budgets (~2 min).")] = False,
+    out: Annotated[Path, typer.Option(help="Output folder (its cache/ holds the trained reference).")] = Path(
+        "runs/demo"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The main job on the embedded default: data, FP32 model, simulated INT8, diagnosis, summary."""
+    """The main job on the embedded default: synthetic sequences, FP32 reference, the demo roadmap."""
     from npuq.demo import DemoConfig, run_demo
+    from npuq.device import resolve_device
 
-    cfg = DemoConfig.quick(out=out, force=force) if quick else DemoConfig(out=out, force=force)
-    summary = run_demo(cfg)
+    resolve_device(device)
+    make = DemoConfig.quick if quick else DemoConfig
+    summary = run_demo(make(out=out, force=force, device=device))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
 

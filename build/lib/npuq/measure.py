@@ -10,13 +10,16 @@ alternatives too, and remedies must not import the runner that imports them.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from npuq.analysis.metrics import MetricConfig, evaluate
-from npuq.errors import NpuqError
+from npuq.device import resolve_device
+from npuq.quant import QuantSim, simulate_ptq
+from npuq.quant.profile import QuantProfile
 
 if TYPE_CHECKING:
     from npuq.remedies.base import DataRef, Handoff
@@ -51,17 +54,6 @@ class Score:
         return cls(data["fp32"], data["int8"], data.get("reference_fp32"), data.get("metric", "abs_rel"))
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise NpuqError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NpuqError("--device cuda: no CUDA device is available to torch here")
-    return torch.device(device)
-
-
 def _predictor(net: torch.nn.Module, head: torch.nn.Module, device: torch.device):
     from npuq.models.heads import as_tuple
 
@@ -71,23 +63,49 @@ def _predictor(net: torch.nn.Module, head: torch.nn.Module, device: torch.device
     return predict
 
 
+@dataclass(frozen=True)
+class PtqResult:
+    metrics: dict[str, float]
+    sim: QuantSim
+    ptq_seconds: float  # simulate_ptq alone, without the scoring
+
+
+def float_metrics(model: torch.nn.Module, test: Any, metric: MetricConfig, device: str = "cpu",
+                  progress: bool = False, batch_size: int = 8) -> dict[str, float]:
+    """Metrics of the float model on ``test`` (a dataset or a list of its items)."""
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    return _numbers(evaluate(_predictor(model, model.head, dev), test, metric, batch_size, progress))
+
+
+def fresh_ptq_metrics(model: torch.nn.Module, profile: QuantProfile, calib_rgb: torch.Tensor, test: Any,
+                      metric: MetricConfig, device: str = "cpu", progress: bool = False,
+                      batch_size: int = 8) -> PtqResult:
+    """A fresh ``simulate_ptq`` of ``model`` with ``calib_rgb``, scored on ``test``."""
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    started = time.perf_counter()
+    sim = simulate_ptq(model, profile, calib_rgb.to(dev), progress=progress)
+    seconds = time.perf_counter() - started
+    metrics = evaluate(_predictor(sim, model.head, dev), test, metric, batch_size, progress)
+    return PtqResult(_numbers(metrics), sim, seconds)
+
+
 def measure(handoff: Handoff, test: DataRef, metric: MetricConfig | None = None,
             reference_fp32: float | None = None, device: str = "cpu", progress: bool = False,
             batch_size: int = 8) -> Score:
     """Fresh ``simulate_ptq`` of ``handoff``, then FP32 and INT8 metrics on ``test`` (native depth)."""
     from npuq.models.checkpoint import load_model
     from npuq.pipeline import training_size
-    from npuq.quant import simulate_ptq
 
     metric = metric or MetricConfig()
-    dev = resolve_device(device)
-    model = load_model(handoff.checkpoint).eval().to(dev)
+    model = load_model(handoff.checkpoint)
     size = training_size(handoff.checkpoint)
     dataset = test.open(size, depth_at="native")
-    fp32 = evaluate(_predictor(model, model.head, dev), dataset, metric, batch_size, progress)
-    sim = simulate_ptq(model, handoff.profile, handoff.calib.rgb(size).to(dev), progress=progress)
-    int8 = evaluate(_predictor(sim, model.head, dev), dataset, metric, batch_size, progress)
-    return Score(_numbers(fp32), _numbers(int8), reference_fp32)
+    fp32 = float_metrics(model, dataset, metric, device, progress, batch_size)
+    int8 = fresh_ptq_metrics(model, handoff.profile, handoff.calib.rgb(size), dataset, metric, device,
+                             progress, batch_size)
+    return Score(fp32, int8.metrics, reference_fp32)
 
 
 def _numbers(result: dict[str, Any]) -> dict[str, float]:

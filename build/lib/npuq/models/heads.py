@@ -98,6 +98,10 @@ class DepthHead(nn.Module):
         """The (min, max) each raw output can take, in ``output_names`` order."""
         raise NotImplementedError
 
+    def init_output_depth(self, depth: float) -> None:
+        """Set the output biases so that a fresh model predicts ``depth`` metres everywhere."""
+        raise NpuqError(f"{self.name} head: no output initialisation at a depth; train without init_depth")
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, min_depth={self.min_depth}, max_depth={self.max_depth}"
 
@@ -148,6 +152,12 @@ class SigmoidDispHead(DepthHead):
 
     def output_ranges(self) -> list[tuple[float, float]]:
         return [(0.0, 1.0)]
+
+    def init_output_depth(self, depth: float) -> None:
+        target = self.encode(torch.tensor([float(depth)]))[0].clamp(1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.conv.bias.fill_(float(torch.logit(target)))
 
 
 @register_head

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from npuq.analysis.metrics import MetricConfig, evaluate
+from npuq.device import resolve_device
 from npuq.errors import NpuqError
 from npuq.io import check_writable
 from npuq.train import objectives
@@ -29,7 +30,7 @@ HEAD_LOSS = "head"  # each head's own loss on its own targets (npuq.train.head_l
 # Resuming with a different value of any of these would not replay the same run.
 RUN_DEFINING_FIELDS = (
     "data", "frames", "depth", "head", "size", "batch_size", "steps", "lr", "weight_decay", "warmup_frac",
-    "loss", "seed", "min_depth", "max_depth", "augment",
+    "loss", "seed", "min_depth", "max_depth", "augment", "init_depth",
 )  # fmt: skip
 
 
@@ -58,6 +59,9 @@ class TrainConfig:
     force: bool = False  # overwrite an existing ``out`` that is not being resumed
     save_every: int = 500
     init: str | None = None  # checkpoint whose weights start the run (fine-tuning)
+    # A fresh model's output starts at this depth (m): the head's output bias, not a random scene scale.
+    init_depth: float | None = None
+    device: str = "cpu"  # auto, cpu or cuda (checkpoints are saved on the CPU either way)
     # Stop cleanly (resumable checkpoint) once exceeded. The result then depends on machine speed:
     # benchmarks use fixed steps and leave this None.
     time_budget_s: float | None = None
@@ -105,6 +109,8 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     model = DepthResNet(DepthNetConfig(cfg.depth, cfg.head, cfg.min_depth, cfg.max_depth))
     if cfg.init is not None:
         _load_init_weights(model, cfg.init)
+    elif cfg.init_depth is not None:
+        model.head.init_output_depth(cfg.init_depth)
     return model
 
 
@@ -186,27 +192,29 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise NpuqError(f"{cfg.data}: dataset has no frames")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg)
+        device = resolve_device(cfg.device)
+        model = build_model(cfg).to(device)
         fcfg = fit_config(cfg)
         state = new_state(model.parameters(), fcfg)
         if cfg.resume:
             _restore(cfg, model, state)
         hooks = Hooks(save=lambda s: _save(cfg, model, s), save_every=cfg.save_every,
                       stop_at_step=cfg.stop_at_step, time_budget_s=cfg.time_budget_s)
-        fit(model, dataset, objective_of(cfg), fcfg, state, hooks, progress)
+        fit(model, dataset, objective_of(cfg), fcfg, state, hooks, progress, device)
         stopped = state.step < cfg.steps
-        val = None if stopped or cfg.val_data is None else _validate(cfg, model, progress)
+        val = None if stopped or cfg.val_data is None else _validate(cfg, model, device, progress)
         _save(cfg, model, state, val)
     _report(cfg, state, val, progress)
     return Path(cfg.out)
 
 
-def _validate(cfg: TrainConfig, model: torch.nn.Module, progress: bool) -> dict:
+def _validate(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, progress: bool) -> dict:
     from npuq.data.datasets import open_dataset
 
     model.eval()
     val_set = open_dataset(cfg.val_data, size=cfg.size, depth_at="native")
-    return evaluate(model.predict_depth, val_set, MetricConfig(), cfg.batch_size, progress)
+    return evaluate(lambda rgb: model.predict_depth(rgb.to(device)).cpu(), val_set, MetricConfig(),
+                    cfg.batch_size, progress)
 
 
 def _report(cfg: TrainConfig, state: FitState, val: dict | None, progress: bool) -> None:
