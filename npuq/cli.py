@@ -428,3 +428,7 @@ def main() -> None:
     except NpuqError as exc:  # raised outside a command body (e.g. while parsing)
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

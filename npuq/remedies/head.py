@@ -43,7 +43,7 @@ def swap_head(handoff: Handoff, cfg: HeadRemedy, ctx: Context) -> Handoff:
     size = input_size(handoff)
     hcfg = HeadFinetuneConfig(head=cfg.head, data=ctx.train.path, frames=ctx.train.frames, size=size,
                               steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, qaf_steps=cfg.qaf_steps,
-                              qaf_lr=cfg.qaf_lr, profile=handoff.profile, seed=ctx.seed)
+                              qaf_lr=cfg.qaf_lr, profile=handoff.profile, seed=ctx.seed, device=ctx.device)
     out = finetune_head(handoff.checkpoint, hcfg, handoff.calib.rgb(size), ctx.work_dir / f"{cfg.head}.pt",
                         force=True, progress=ctx.progress)
     return dataclasses.replace(handoff, checkpoint=out, notes={})

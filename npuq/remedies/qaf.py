@@ -48,5 +48,5 @@ def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -
     finetune_through_quantsim(model, handoff.profile, handoff.calib.rgb(size), ctx.train.open(size),
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=cfg.prefixes, recalibrate_every=cfg.recalibrate_every, force=True,
-                              progress=ctx.progress)
+                              progress=ctx.progress, device=ctx.device)
     return dataclasses.replace(handoff, checkpoint=out, notes={})

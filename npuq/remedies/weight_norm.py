@@ -25,10 +25,11 @@ class WeightNormRemedy(RemedyConfig):
     def __post_init__(self) -> None:
         self.train_config(0)  # validates
 
-    def train_config(self, seed: int, frames: tuple[int, int] | None = None) -> WeightNormConfig:
+    def train_config(self, seed: int, frames: tuple[int, int] | None = None,
+                     device: str = "cpu") -> WeightNormConfig:
         return WeightNormConfig(strength=self.strength, steps=self.steps, lr=self.lr,
                                 batch_size=self.batch_size, p=self.p, freeze_bn=self.freeze_bn, seed=seed,
-                                frames=frames)
+                                frames=frames, device=device)
 
     @classmethod
     def smoke(cls) -> WeightNormRemedy:
@@ -39,6 +40,6 @@ class WeightNormRemedy(RemedyConfig):
 def normalize_weights(handoff: Handoff, cfg: WeightNormRemedy, ctx: Context) -> Handoff:
     """Fine-tune with a penalty on per-channel weight-range imbalance (per-tensor weight grids)."""
     out = ctx.work_dir / "weight-norm.pt"
-    wn_cfg = cfg.train_config(ctx.seed, ctx.train.frames)
+    wn_cfg = cfg.train_config(ctx.seed, ctx.train.frames, ctx.device)
     finetune_weight_norm(handoff.checkpoint, ctx.train.path, wn_cfg, out, progress=ctx.progress, force=True)
     return dataclasses.replace(handoff, checkpoint=out, notes={})

@@ -45,6 +45,7 @@ class HeadFinetuneConfig:
     qaf_prefixes: tuple[str, ...] = ("head.",)
     profile: str | QuantProfile = "npu-default"
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.qaf_steps < 0:
@@ -64,7 +65,7 @@ def finetune_head(reference: str | Path, cfg: HeadFinetuneConfig, calib_rgb: tor
     tcfg = TrainConfig(data=cfg.data, frames=cfg.frames, steps=cfg.steps, out=str(stage1), depth=mc.depth,
                        head=cfg.head, size=cfg.size, batch_size=cfg.batch_size, lr=cfg.lr, loss="head",
                        seed=cfg.seed, min_depth=mc.min_depth, max_depth=mc.max_depth, init=str(reference),
-                       force=True, save_every=cfg.steps)
+                       force=True, save_every=cfg.steps, device=cfg.device)
     train(tcfg, progress=progress)
     if cfg.qaf_steps == 0:
         stage1.replace(out)
@@ -86,7 +87,8 @@ def quantsim_stage(stage1: str | Path, cfg: HeadFinetuneConfig, calib_rgb: torch
     data = open_dataset(cfg.data, size=cfg.size, depth_at="input", frames=frames)
     return finetune_through_quantsim(model, cfg.profile, calib_rgb, data, steps=cfg.qaf_steps, lr=cfg.qaf_lr,
                                      seed=cfg.seed, out=out, batch_size=cfg.qaf_batch_size,
-                                     prefixes=cfg.qaf_prefixes, force=True, progress=progress)
+                                     prefixes=cfg.qaf_prefixes, force=True, progress=progress,
+                                     device=cfg.device)
 
 
 def config_dict(cfg: HeadFinetuneConfig) -> dict:

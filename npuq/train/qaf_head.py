@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from npuq.device import resolve_device
 from npuq.errors import NpuqError
 from npuq.io import check_writable
 from npuq.quant.profile import QuantProfile, load_profile
@@ -154,7 +155,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                               data: Any, steps: int, lr: float, seed: int, out: str | Path,
                               batch_size: int = DEFAULT_BATCH, prefixes: Sequence[str] | None = None,
                               recalibrate_every: int | None = None, force: bool = False,
-                              progress: bool = False) -> Path:
+                              progress: bool = False, device: str = "cpu") -> Path:
     """Fake-quant fine-tune of ``model`` (a DepthResNet, changed in place) and save it as a float checkpoint.
 
     ``profile``: a QuantProfile or a profile name / path. ``calib_rgb``: calibration images for
@@ -170,7 +171,9 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                         f"(got {steps}, {lr}, {batch_size})")
     out = check_writable(out, force)
     quant_profile = _as_profile(profile)
-    batches = calibration_batches(calib_rgb)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    batches = [b.to(dev) for b in calibration_batches(calib_rgb)]
     sim = simulate_ptq(model, quant_profile, batches, progress=progress)
     size = (int(sim.input_shapes[0][-2]), int(sim.input_shapes[0][-1]))
     dataset = _open_data(data, size)
@@ -183,7 +186,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
         losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size, progress,
                                    batches, recalibrate_every)
     write_back(sim, model, names)
-    model.eval()
+    model.eval().cpu()
     from npuq.models.checkpoint import save_checkpoint
 
     config = {"kind": "quantsim-finetune", "size": list(size), "steps": steps, "lr": lr, "seed": seed,

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from npuq.device import resolve_device
 from npuq.errors import NpuqError
 from npuq.io import check_writable
 from npuq.models.modes import eval_mode
@@ -212,6 +213,7 @@ class WeightNormConfig:
     frames: tuple[int, int] | None = None  # (start, stop) frame range of the training data
     augment: bool = True
     freeze_bn: bool = True  # BN layers use and keep their running statistics
+    device: str = "cpu"  # auto, cpu or cuda
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -281,7 +283,8 @@ def finetune_weight_norm(model_path: str | Path, data: str, cfg: WeightNormConfi
     before = _weight_report(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        losses = _run(model, dataset, cfg, tcfg, progress)
+        losses = _run(model.to(resolve_device(cfg.device)), dataset, cfg, tcfg, progress)
+    model.cpu()
     after = _weight_report(model)
     train_extra = {"step": cfg.steps, "finished": True, "loss": losses["supervised"],
                    "config": tcfg.to_dict()}
@@ -305,7 +308,8 @@ def _run(model: nn.Module, dataset, cfg: WeightNormConfig, tcfg, progress: bool)
     objective = objectives.combine(objectives.supervised(cfg.loss),
                                    objectives.weight_range(penalty, cfg.strength))
     state = fit(model, dataset, objective, fcfg, new_state(model.parameters(), fcfg),
-                Hooks(train_mode=lambda m: _set_train_mode(m, cfg.freeze_bn)), progress)
+                Hooks(train_mode=lambda m: _set_train_mode(m, cfg.freeze_bn)), progress,
+                resolve_device(cfg.device))
     model.eval()
     with torch.no_grad():
         end_penalty = float(penalty())
