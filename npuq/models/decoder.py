@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 NUM_CH_DEC: tuple[int, ...] = (16, 32, 64, 128, 256)
+# The decoder's nonlinearity. Monodepth2's is ELU; ELU saturates at -1, so its |x| histogram has a spike
+# at 1.0 that a TensorRT-style KL search locks onto. The others are the activation-change remedy.
+ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1)}
 
 
 class Conv3x3(nn.Module):
@@ -26,12 +29,12 @@ class Conv3x3(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Conv3x3 followed by ELU (Monodepth2's ``ConvBlock``); the ELU is not in-place."""
+    """Conv3x3 followed by ELU (Monodepth2's ``ConvBlock``) or another ``ACTIVATIONS`` entry; not in-place."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "elu"):
         super().__init__()
         self.conv = Conv3x3(in_channels, out_channels)
-        self.nonlin = nn.ELU()
+        self.nonlin = ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.nonlin(self.conv(x))
@@ -44,7 +47,8 @@ class DepthDecoder(nn.Module):
     scales ``0..num_scales-1`` (scale 0 is full input resolution, scale s is 1/2**s of it).
     """
 
-    def __init__(self, num_ch_enc: list[int], num_ch_dec: tuple[int, ...] = NUM_CH_DEC, num_scales: int = 4):
+    def __init__(self, num_ch_enc: list[int], num_ch_dec: tuple[int, ...] = NUM_CH_DEC, num_scales: int = 4,
+                 activation: str = "elu"):
         super().__init__()
         if len(num_ch_enc) != 5 or len(num_ch_dec) != 5:
             raise ValueError("DepthDecoder needs five encoder and five decoder channel counts")
@@ -57,7 +61,7 @@ class DepthDecoder(nn.Module):
         for i in range(4, -1, -1):
             in_0 = num_ch_enc[-1] if i == 4 else num_ch_dec[i + 1]
             in_1 = num_ch_dec[i] + (num_ch_enc[i - 1] if i > 0 else 0)
-            blocks += [ConvBlock(in_0, num_ch_dec[i]), ConvBlock(in_1, num_ch_dec[i])]
+            blocks += [ConvBlock(in_0, num_ch_dec[i], activation), ConvBlock(in_1, num_ch_dec[i], activation)]
         self.decoder = nn.ModuleList(blocks)
 
     def upconv(self, i: int, j: int) -> nn.Module:

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from npuq.errors import NpuqError
-from npuq.models.decoder import DepthDecoder
+from npuq.models.decoder import ACTIVATIONS, DepthDecoder
 from npuq.models.heads import HEADS, build_head
 from npuq.models.resnet import RESNET_LAYERS, ResNetEncoder
 
@@ -32,6 +32,7 @@ class DepthNetConfig:
     min_depth: float = 0.1
     max_depth: float = 100.0
     num_scales: int = 4
+    activation: str = "elu"  # the decoder's nonlinearity (npuq.models.decoder.ACTIVATIONS)
 
     def __post_init__(self) -> None:
         if self.depth not in RESNET_LAYERS:
@@ -44,6 +45,9 @@ class DepthNetConfig:
                             f"got {self.min_depth}, {self.max_depth}")
         if not 1 <= self.num_scales <= 4:
             raise NpuqError(f"DepthNetConfig: num_scales must be in 1..4, got {self.num_scales}")
+        if self.activation not in ACTIVATIONS:
+            raise NpuqError(f"DepthNetConfig: activation must be one of {', '.join(ACTIVATIONS)}, "
+                            f"got {self.activation!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DepthNetConfig:
@@ -81,7 +85,8 @@ class DepthResNet(nn.Module):
         super().__init__()
         self.config = config or DepthNetConfig()
         self.encoder = RGBEncoder(self.config.depth)
-        self.decoder = DepthDecoder(self.encoder.num_ch_enc, num_scales=self.config.num_scales)
+        self.decoder = DepthDecoder(self.encoder.num_ch_enc, num_scales=self.config.num_scales,
+                                    activation=self.config.activation)
         self.head = build_head(self.config.head, self.decoder.scale_channels,
                                self.config.min_depth, self.config.max_depth)
 

@@ -8,6 +8,7 @@ terms keep their names, so the loop can report them). Distillation adds its own 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from npuq.train.head_losses import head_loss
@@ -53,5 +54,19 @@ def combine(*objectives: Objective) -> Objective:
         for part in objectives:
             terms.update(part(model, rgb, depth))
         return terms
+
+    return objective
+
+
+def distill_depth(teacher: nn.Module, weight: float = 1.0) -> Objective:
+    """L1 between the student's and the frozen ``teacher``'s log depth at full resolution, on every pixel
+    (no labels needed: self-distillation from the FP32 model on unlabelled frames)."""
+    teacher.eval().requires_grad_(False)
+
+    def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            target = teacher.predict_depth(rgb).clamp_min(1e-3).log()
+        student = scale_depths(model, rgb)[0].clamp_min(1e-3).log()
+        return {"distill": weight * (student - target).abs().mean()}
 
     return objective

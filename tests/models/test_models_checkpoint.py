@@ -128,7 +128,7 @@ def test_npuq_round_trip(tmp_path, source18):
     ckpt = load_checkpoint_dict(path)
     assert ckpt["format"] == FORMAT == "npuq-depth/1"
     assert ckpt["config"] == {"depth": 18, "head": "sigmoid-disp", "min_depth": 0.1, "max_depth": 100.0,
-                              "num_scales": 4}
+                              "num_scales": 4, "activation": "elu"}
     assert ckpt["extra"] == {"step": 12, "train": {"size": [64, 64]}}
     assert set(ckpt["state_dict"]) == set(source18.state_dict())
 
