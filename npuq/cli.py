@@ -21,6 +21,20 @@ app.add_typer(calib_app, name="calib")
 app.add_typer(profile_app, name="profile")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"npuq {version('npuq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """npuq: simulate a black-box NPU's INT8 PTQ of a depth network, diagnose it, and measure remedies."""
+
+
 def user_errors(fn):
     """Turn an NpuqError into one line on stderr and exit status 2, never a traceback."""
 
@@ -35,14 +49,27 @@ def user_errors(fn):
     return wrapper
 
 
-def parse_size(text: str) -> tuple[int, int]:
+MIN_INPUT_SIDE = 64  # ResNet's deepest feature is 1/32 of the input: reflection padding needs 2 pixels
+
+
+def parse_size(text: str, network: bool = True) -> tuple[int, int]:
+    """``HxW``; a network input must be multiples of 32 and at least 64 on each side."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise NpuqError(f"--size {text!r}: expected HxW, e.g. 128x160") from None
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise NpuqError(f"--size {text!r}: height and width must be positive multiples of 32")
+    if h <= 0 or w <= 0:
+        raise NpuqError(f"--size {text!r}: height and width must be positive")
+    if network and (h % 32 or w % 32 or min(h, w) < MIN_INPUT_SIDE):
+        raise NpuqError(f"--size {text!r}: height and width must be multiples of 32 and at least "
+                        f"{MIN_INPUT_SIDE}")
     return h, w
+
+
+def check_positive(flag: str, value: float) -> None:
+    """One error line naming the flag for a count or rate that must be a positive number."""
+    if not (value == value and value > 0 and value != float("inf")):
+        raise NpuqError(f"{flag} must be a positive number, got {value}")
 
 
 def parse_frames(text: str | None) -> slice | None:
@@ -94,8 +121,9 @@ def data_synth(
     """Write a synthetic RGB-D folder dataset: RGB PNG, 16-bit depth PNG (mm), index.json."""
     from npuq.data.synthetic import write_synthetic_dataset
 
-    h, w = (int(v) for v in size.lower().split("x"))
-    path = write_synthetic_dataset(out, n=n, seed=seed, size=(h, w), force=force, progress=True)
+    check_positive("--n", n)
+    path = write_synthetic_dataset(out, n=n, seed=seed, size=parse_size(size, network=False), force=force,
+                                   progress=True)
     typer.echo(f"wrote {n} frames to {path}")
 
 
@@ -153,6 +181,9 @@ def train(
     from npuq.train.fp32 import TrainConfig
     from npuq.train.fp32 import train as run_training
 
+    check_positive("--steps", steps)
+    check_positive("--batch-size", batch_size)
+    check_positive("--lr", lr)
     default_loss = "l1_inv+silog" if head == "sigmoid-disp" else "head"
     cfg = TrainConfig(
         data=data, frames=_frame_range(frames), depth=depth, head=head, size=parse_size(size), steps=steps,
@@ -183,6 +214,7 @@ def evaluate(
     from npuq.analysis.metrics import MetricConfig
     from npuq.pipeline import evaluate_model
 
+    check_positive("--batch-size", batch_size)
     cfg = MetricConfig(min_depth=min_depth, max_depth=max_depth, crop=crop, median_scaling=median_scaling)
     result = evaluate_model(
         model, data, metric_cfg=cfg, quant_dir=quant, frames=parse_frames(frames),
@@ -327,6 +359,8 @@ def weight_norm(
     from npuq.models.checkpoint import load_checkpoint_dict
     from npuq.train.weight_norm import WeightNormConfig, finetune_weight_norm
 
+    check_positive("--steps", steps)
+    check_positive("--lr", lr)
     cfg = WeightNormConfig(strength=strength, steps=steps, lr=lr, seed=seed)
     path = finetune_weight_norm(model, data, cfg, out, progress=not as_json, force=force,
                                 allow_pickle=allow_pickle)

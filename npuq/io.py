@@ -15,6 +15,8 @@ from npuq.errors import NpuqError
 def check_writable(path: str | Path, force: bool) -> Path:
     """Refuse to clobber an existing user file unless ``force`` is set."""
     path = Path(path)
+    if path.is_dir():
+        raise NpuqError(f"{path}: is a folder; give a file path")
     if path.exists() and not force:
         raise NpuqError(f"{path}: already exists; pass --force to overwrite")
     return path

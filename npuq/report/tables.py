@@ -47,9 +47,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None,
                 console: Console | None = None) -> None:
+    """A rich table on a terminal; markdown (full width, nothing cut) when the output is a pipe or a log."""
+    console = console or Console()
+    if not console.is_terminal:
+        console.file.write((f"{title}\n\n" if title else "") + markdown_table(rows, columns) + "\n")
+        return
     table = Table(title=title)
     for col in columns:
         table.add_column(col)
     for row in rows:
         table.add_row(*(_fmt(row.get(c, "")) for c in columns))
-    (console or Console()).print(table)
+    console.print(table)
