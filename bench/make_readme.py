@@ -70,7 +70,11 @@ SECTIONS = [
      "python bench/weight_norm.py --only synthetic"),
     ("Phase 2: output heads, 7-Scenes", "heads-7scenes", "python bench/heads.py --only 7scenes"),
     ("Phase 2: output heads, synthetic", "heads-synthetic", "python bench/heads.py --only synthetic"),
+    ("Robustness matrix: remedies under every calibrator, 7-Scenes", "robustness-7scenes",
+     "python bench/robustness.py --only 7scenes"),
 ]
+# `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
+ROADMAPS = [("path-c", "7scenes"), ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
 # TensorRT's nor ONNX Runtime's (group edges rounded down, an empty last bin smoothed with 1e-4 instead of
@@ -90,6 +94,16 @@ def main() -> None:
         if name in PLOTS and (RESULTS / PLOTS[name]).exists():
             body += f"\n![{title}](results/{PLOTS[name]})\n"
         parts.append(f"## {title}\n\n`{command}`\n\n{body}")
+    for plan, data in ROADMAPS:
+        folder = RESULTS / f"roadmap-{plan}-{data}"
+        if not (folder / "report.md").exists():
+            continue
+        report = (folder / "report.md").read_text().split("\n", 1)[1]  # its own title is ours
+        command = f"python bench/roadmap.py --plan {plan} --only {data}"
+        links = (f"![{plan} {data}](results/{folder.name}/roadmap.png)\n\nKorean report: "
+                 f"[report.ko.md](results/{folder.name}/report.ko.md); the command and machine: "
+                 f"[run.json](results/{folder.name}/run.json).\n")
+        parts.append(f"## Roadmap `{plan}` on {data} (`npuq roadmap`)\n\n`{command}`\n{report}\n{links}")
     reports = [f"- [{name}](results/analysis-{name}/report.md)\n" for name in ("7scenes", "synthetic")
                if (RESULTS / f"analysis-{name}" / "report.md").exists()]
     if reports:
