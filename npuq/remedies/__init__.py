@@ -3,7 +3,7 @@
 Importing the package registers the built-in remedies (``REMEDIES``); ``apply_remedy`` runs one.
 """
 
-from npuq.remedies import activation, best, calibration, head, qaf, weight_norm  # noqa: F401  (registration)
+from npuq.remedies import activation, best, calibration, distill, head, qaf, weight_norm  # noqa: F401
 from npuq.remedies.base import (
     REMEDIES,
     CalibSet,

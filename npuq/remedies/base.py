@@ -212,8 +212,8 @@ class Remedy:
 
 REMEDIES: dict[str, Remedy] = {}
 # Named in the user's plan or in npuq's roadmap but not built yet: plans naming them fail clearly.
-PLANNED = {"distill": "feature-map knowledge distillation (Phase 3)",
-           "mixed-precision": "FP16 layers chosen by sensitivity"}
+PLANNED = {"mixed-precision": "FP16 layers chosen by sensitivity",
+           "range-anchor": "constant channels that pin a tensor's calibrated range"}
 
 
 def register_remedy(config: type[RemedyConfig]) -> Callable[[Handler], Handler]:

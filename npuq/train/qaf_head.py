@@ -29,7 +29,7 @@ correction) on the calibration images before every k-th step, as the fresh PTQ o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from npuq.io import check_writable
 from npuq.quant.profile import QuantProfile, load_profile
 from npuq.quant.sim import QuantSim, calibration_batches, recalibrate, simulate_ptq
 from npuq.train import objectives
-from npuq.train.loop import FitConfig, Hooks, fit, new_state
+from npuq.train.loop import FitConfig, Hooks, Objective, fit, new_state
 
 SIM_PREFIX = "graph_module."  # QuantSim parameter names are the float model's under this prefix
 DEFAULT_BATCH = 4
@@ -105,9 +105,11 @@ def _only_trainable(sim: QuantSim, params: Sequence[nn.Parameter]) -> Iterator[N
 def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Sequence[str], steps: int,
                       lr: float, seed: int, batch_size: int = DEFAULT_BATCH, progress: bool = False,
                       calib_batches: Sequence[Tensor] | None = None,
-                      recalibrate_every: int | None = None) -> list[float]:
-    """Train the sim's parameters ``names`` for ``steps`` Adam steps on ``head_loss`` of the simulated
-    INT8 outputs (scale 0). Returns the loss of every step. ``head`` supplies encode/decode only.
+                      recalibrate_every: int | None = None,
+                      objective: Objective | None = None) -> list[float]:
+    """Train the sim's parameters ``names`` for ``steps`` Adam steps on ``objective`` (default: ``head_loss``
+    of the simulated INT8 outputs, scale 0). Returns the loss of every step. ``head`` supplies
+    encode/decode only.
 
     ``recalibrate_every=k`` (needs ``calib_batches``) runs ``recalibrate`` before steps k, 2k, ...
     """
@@ -127,7 +129,7 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
     # the trace is the eval-mode model; train() would only touch unfolded BN statistics
     hooks = Hooks(before_step=before_step, train_mode=nn.Module.eval)
     with _only_trainable(sim, params), torch.enable_grad():
-        state = fit(sim, dataset, objectives.head(head), cfg, new_state(params, cfg),
+        state = fit(sim, dataset, objective or objectives.head(head), cfg, new_state(params, cfg),
                     hooks, progress, device)
     return state.losses
 
@@ -155,7 +157,9 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                               data: Any, steps: int, lr: float, seed: int, out: str | Path,
                               batch_size: int = DEFAULT_BATCH, prefixes: Sequence[str] | None = None,
                               recalibrate_every: int | None = None, force: bool = False,
-                              progress: bool = False, device: str = "cpu") -> Path:
+                              progress: bool = False, device: str = "cpu",
+                              objective_for: Callable[[QuantSim], Objective] | None = None,
+                              kind: str = "quantsim-finetune") -> Path:
     """Fake-quant fine-tune of ``model`` (a DepthResNet, changed in place) and save it as a float checkpoint.
 
     ``profile``: a QuantProfile or a profile name / path. ``calib_rgb``: calibration images for
@@ -164,7 +168,8 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     size. ``prefixes`` restricts the trained parameters (default: every mappable one; see the module
     docstring). ``recalibrate_every``: see the module docstring (default: scales frozen). The
     checkpoint's ``extra["train"]["config"]["size"]`` is the training size, as ``npuq train`` writes it;
-    ``extra["qaf"]`` lists the trained parameters and the losses.
+    ``extra["qaf"]`` lists the trained parameters and the losses. ``objective_for(sim)`` replaces the
+    default head loss (distillation hooks into the sim it is given).
     """
     if steps <= 0 or lr <= 0 or batch_size <= 0:
         raise NpuqError(f"quantsim fine-tune: steps, lr and batch_size must be positive "
@@ -183,13 +188,14 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                         f"by prefixes {list(prefixes or [])}); nothing can be mapped back to the float model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        objective = objective_for(sim) if objective_for is not None else None
         losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size, progress,
-                                   batches, recalibrate_every)
+                                   batches, recalibrate_every, objective)
     write_back(sim, model, names)
     model.eval().cpu()
     from npuq.models.checkpoint import save_checkpoint
 
-    config = {"kind": "quantsim-finetune", "size": list(size), "steps": steps, "lr": lr, "seed": seed,
+    config = {"kind": kind, "size": list(size), "steps": steps, "lr": lr, "seed": seed,
               "batch_size": batch_size, "profile": quant_profile.name, "recalibrate_every": recalibrate_every,
               "data": str(data) if isinstance(data, str | Path) else type(data).__name__,
               "head": getattr(getattr(model, "config", None), "head", None)}

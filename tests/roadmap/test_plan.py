@@ -10,16 +10,19 @@ def test_the_user_paths_and_npuqs_own_plans_ship():
     assert {"path-a", "path-b", "path-c", "recommended", "demo"} <= set(shipped_plans())
 
 
-@pytest.mark.parametrize("name", ["path-b", "path-c", "recommended", "demo"])
+@pytest.mark.parametrize("name", ["path-a", "path-b", "path-c", "recommended", "demo", "demo-quick"])
 def test_shipped_plans_load_and_name_their_remedies(name):
     plan = load_plan(name)
     assert plan.steps and all(step.config.name for step in plan.steps)
     assert plan.to_dict()["steps"][0]["remedy"] == plan.steps[0].config.name
 
 
-def test_a_plan_with_an_unbuilt_remedy_fails_naming_it():
-    with pytest.raises(NpuqError, match="step 4 .*'distill'.* not built yet"):
-        load_plan("path-a")
+def test_a_plan_with_an_unbuilt_remedy_fails_naming_it(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("name: x\nsteps:\n  - remedy: calibration\n"
+                    "  - label: FP16 tail\n    remedy: mixed-precision\n")
+    with pytest.raises(NpuqError, match="step 2 .*'mixed-precision'.* not built yet"):
+        load_plan(path)
 
 
 def test_expectations_are_the_users_figures_as_ratios_to_their_baseline():
