@@ -5,6 +5,10 @@ the head (``npuq.train.qaf_head``: the BN-folded encoder has no one-to-one float
 frozen). Every ``recalibrate_every`` steps the thresholds, weight scales and bias correction are
 recomputed the way ``simulate_ptq`` would, so the model moves towards a fixed point of the toolchain
 instead of fitting thresholds the vendor recomputes anyway. The float weights are handed over again.
+
+Loss: the head's own loss on the simulated INT8 outputs, plus optionally ``anchor`` x the L1 between the
+float model's own log depth (the same sim with quantization off) and the unchanged reference's: it
+keeps the hand-off's FP32 from drifting while the INT8 model learns to cancel the clipping.
 """
 
 from __future__ import annotations
@@ -24,16 +28,40 @@ class QafConfig(RemedyConfig):
     batch_size: int = 4
     recalibrate_every: int | None = 25
     prefixes: tuple[str, ...] = ("decoder.", "head.")  # which float parameters train
+    anchor: float = 0.0  # weight of the float-prediction anchor to the reference (0: off)
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.lr <= 0 or self.batch_size <= 0:
             raise NpuqError("qaf: steps, lr and batch_size must be positive")
         if self.recalibrate_every is not None and self.recalibrate_every <= 0:
             raise NpuqError("qaf: recalibrate_every must be positive or null")
+        if self.anchor < 0:
+            raise NpuqError("qaf: anchor must be >= 0")
 
     @classmethod
     def smoke(cls) -> QafConfig:
-        return cls(steps=2, batch_size=2, recalibrate_every=1)
+        return cls(steps=2, batch_size=2, recalibrate_every=1, anchor=0.5)
+
+
+def anchored(sim, reference, head, weight: float):
+    """Head loss on the INT8 outputs + ``weight`` x L1(log depth of the float sim, of the reference)."""
+    import torch
+
+    from npuq.models.heads import as_tuple
+    from npuq.train.head_losses import head_loss
+
+    reference.eval().requires_grad_(False)
+
+    def objective(model, rgb, depth):
+        terms = {"head": head_loss(head, model(rgb), depth)}
+        with sim.quant_disabled():
+            own = head.decode(as_tuple(model(rgb))).clamp_min(1e-3).log()
+        with torch.no_grad():
+            target = reference.predict_depth(rgb).clamp_min(1e-3).log()
+        terms["anchor"] = weight * (own - target).abs().mean()
+        return terms
+
+    return objective
 
 
 @register_remedy(QafConfig)
@@ -45,8 +73,15 @@ def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -
     size = input_size(handoff)
     model = load_model(handoff.checkpoint).eval()
     out = ctx.work_dir / "qaf.pt"
+    objective_for = None
+    if cfg.anchor:
+        from npuq.device import resolve_device
+
+        reference = load_model(handoff.checkpoint).to(resolve_device(ctx.device))
+        objective_for = lambda sim: anchored(sim, reference, model.head, cfg.anchor)  # noqa: E731
     finetune_through_quantsim(model, handoff.profile, handoff.calib.rgb(size), ctx.train.open(size),
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=cfg.prefixes, recalibrate_every=cfg.recalibrate_every, force=True,
-                              progress=ctx.progress, device=ctx.device)
+                              progress=ctx.progress, device=ctx.device, objective_for=objective_for,
+                              kind="qaf")
     return dataclasses.replace(handoff, checkpoint=out, notes={})
