@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, Timer, publish
-from reference import RUNS, SIZE, reference_checkpoint
+from reference import RUNS, input_size, reference_checkpoint
 
 from npuq.analysis.metrics import evaluate
 from npuq.data.calib import random_calibration
@@ -43,7 +43,7 @@ ANALYSIS_SYNTH_TEST = "synth:n=200,seed=1,size=128x160"
 def calibration_pool(name: str):
     cfg = RUNS[name]["train"]
     frames = slice(*cfg.frames) if cfg.frames else None
-    return open_dataset(cfg.data, size=SIZE, frames=frames)
+    return open_dataset(cfg.data, size=input_size(name), frames=frames)
 
 
 def preload(dataset, limit: int | None = None) -> list[dict]:
@@ -110,7 +110,8 @@ def ort_agreement(sim, model, test) -> dict:
     rgb = torch.stack([item["rgb"] for item in test[:8]])
     with tempfile.TemporaryDirectory() as tmp:
         names = list(model.head.output_names)
-        path = export_qdq_onnx(sim, SIZE, Path(tmp) / "model.qdq.onnx", output_names=names)
+        size = tuple(rgb.shape[-2:])
+        path = export_qdq_onnx(sim, size, Path(tmp) / "model.qdq.onnx", output_names=names)
         check = compare_with_sim(sim, path, rgb)
         ops = fused_integer_ops(path)
     return {"agreement within 1 output step": check["agreement"], "frames": len(rgb),
@@ -125,7 +126,8 @@ def cost_rows(model, name, test, metric) -> list[dict]:
         prof = load_profile("npu-default").replace(activations={"range": method})
         with Timer() as t:
             sim = simulate_ptq(model, prof, calib500, progress=True)
-        rows.append({"what": f"simulate_ptq, {method} clipping, 500 images {SIZE[0]}x{SIZE[1]}",
+        h, w = input_size(name)
+        rows.append({"what": f"simulate_ptq, {method} clipping, 500 images {h}x{w}",
                      "seconds": t.seconds})
     eval_set = test[:MATRIX_TEST_FRAMES]
     timings = {}
@@ -151,7 +153,7 @@ def run_analyze(ckpt: str, name: str, run: dict, model, calib) -> None:
     with tempfile.TemporaryDirectory() as quant_dir:
         sim.save(quant_dir, {"checkpoint": ckpt, "calibration": f"{N_CALIB} random frames, seed {SEED}"})
         result = analyze(ckpt, test, RESULTS / f"analysis-{name}", run["metric"], quant_dir=quant_dir,
-                         frames=frames, size=SIZE, force=True, progress=True)
+                         frames=frames, size=input_size(name), force=True, progress=True)
     print(f"analysis report: {result['out_dir']}/report.md")
 
 
@@ -166,9 +168,10 @@ def main() -> None:
                "profiles": str(PROFILE_DIR)}
     for name in names:
         ckpt, _ = reference_checkpoint(name)
-        model, _ = load_float_model(ckpt, SIZE)
+        model, _ = load_float_model(ckpt, input_size(name))
         run = RUNS[name]
-        test = preload(open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"]))
+        test = preload(open_dataset(run["test"], size=input_size(name), depth_at="native",
+                                    frames=run["test_frames"]))
         calib = random_calibration(calibration_pool(name), N_CALIB, SEED)
         metric = run["metric"]
         fp32 = evaluate(depth_predictor(model, model.head), test, metric)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, publish
-from reference import RUNS, SIZE, reference_checkpoint, test_description
+from reference import RUNS, input_size, reference_checkpoint, test_description
 
 from npuq.analysis.metrics import evaluate, progress_bar
 from npuq.data.calib import pool_stats, select_calibration, stack_rgb
@@ -53,9 +53,9 @@ def thresholds(sim) -> dict[str, float]:
 def run_dataset(name: str) -> dict:
     run = RUNS[name]
     ckpt, _ = reference_checkpoint(name)
-    model, _ = load_float_model(ckpt, SIZE)
-    pool = open_dataset(run["train"].data, size=SIZE, frames=POOLS[name])
-    test_set = open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"])
+    model, _ = load_float_model(ckpt, input_size(name))
+    pool = open_dataset(run["train"].data, size=input_size(name), frames=POOLS[name])
+    test_set = open_dataset(run["test"], size=input_size(name), depth_at="native", frames=run["test_frames"])
     test = [test_set[i] for i in range(min(TEST_FRAMES, len(test_set)))]
     fp32 = evaluate(depth_predictor(model, model.head), test, run["metric"])["abs_rel"]
     stats = pool_stats(pool, model, progress=True)

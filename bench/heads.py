@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 
 from common import CACHE, publish
-from reference import RUNS, SIZE, reference_checkpoint, test_description
+from reference import RUNS, input_size, reference_checkpoint, test_description
 
 from npuq.analysis.head_compare import measure_head
 from npuq.data.calib import random_calibration
@@ -55,9 +55,9 @@ def run_dataset(name: str, steps: int, qaf_steps: int) -> list[dict]:
     run = RUNS[name]
     reference, _ = reference_checkpoint(name)
     tcfg = run["train"]
-    pool = open_dataset(tcfg.data, size=SIZE, frames=slice(*tcfg.frames) if tcfg.frames else None)
+    pool = open_dataset(tcfg.data, size=input_size(name), frames=slice(*tcfg.frames) if tcfg.frames else None)
     calib = random_calibration(pool, N_CALIB, SEED)
-    test_set = open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"])
+    test_set = open_dataset(run["test"], size=input_size(name), depth_at="native", frames=run["test_frames"])
     test = [test_set[i] for i in range(len(test_set))]
     profiles = {p: load_profile(p) for p in PROFILES}
     reference_model = load_model(reference).eval()
@@ -65,8 +65,8 @@ def run_dataset(name: str, steps: int, qaf_steps: int) -> list[dict]:
              **measure_head(reference_model, profiles, calib, test, run["metric"])}]
     for head in HEADS:
         for stages, q in (("stage 1", 0), ("stages 1+2", qaf_steps)):
-            cfg = HeadFinetuneConfig(head=head, data=tcfg.data, frames=tcfg.frames, size=SIZE, steps=steps,
-                                     qaf_steps=q, seed=SEED)
+            cfg = HeadFinetuneConfig(head=head, data=tcfg.data, frames=tcfg.frames, size=input_size(name),
+                                     steps=steps, qaf_steps=q, seed=SEED)
             ckpt = head_checkpoint(name, cfg, reference, calib)
             row = measure_head(load_model(ckpt).eval(), profiles, calib, test, run["metric"])
             rows.append({"dataset": name, "model": f"{head} ({stages})", **row})

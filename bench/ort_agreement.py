@@ -23,7 +23,7 @@ import torch
 from baseline_ptq import N_CALIB, SEED, calibration_pool, preload
 from common import Timer, publish
 from onnx import numpy_helper
-from reference import RUNS, SIZE, reference_checkpoint
+from reference import RUNS, input_size, reference_checkpoint
 
 from npuq.analysis.metrics import evaluate
 from npuq.data.calib import random_calibration
@@ -118,16 +118,16 @@ def ort_abs_rel(qdq: Path, head, test: list[dict], metric, integer_kernels: bool
 
 def run(name: str) -> None:
     ckpt, _ = reference_checkpoint(name)
-    model, _ = load_float_model(ckpt, SIZE)
+    model, _ = load_float_model(ckpt, input_size(name))
     spec = RUNS[name]
-    test = preload(open_dataset(spec["test"], size=SIZE, depth_at="native", frames=spec["test_frames"]),
-                   TEST_FRAMES)
+    test = preload(open_dataset(spec["test"], size=input_size(name), depth_at="native",
+                                frames=spec["test_frames"]), TEST_FRAMES)
     calib = random_calibration(calibration_pool(name), N_CALIB, SEED)
     metric = spec["metric"]
     fp32 = evaluate(depth_predictor(model, model.head), test, metric)["abs_rel"]
     summary, decoder_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        float_onnx = export_float_onnx(model, SIZE, Path(tmp) / "float.onnx")
+        float_onnx = export_float_onnx(model, input_size(name), Path(tmp) / "float.onnx")
         for method, (act, extra) in CALIBRATORS.items():
             qdq = Path(tmp) / f"{method.replace(' ', '-')}.qdq.onnx"
             ort_seconds = ort_quantize(float_onnx, calib, method, extra, qdq)

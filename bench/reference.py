@@ -2,7 +2,8 @@
 
     python bench/reference.py [--only synthetic|7scenes] [--retrain]
 
-Synthetic: train on the in-memory synthetic set (seed 0), test on a held-out synthetic set (seed 1).
+Synthetic: the embedded sequences (four fixed worlds along smooth trajectories, seed 0), 64x96 input;
+train on the first 75% of every trajectory, test on the last 15% (after a 5% gap and 5% validation).
 7-Scenes: train on redkitchen frames 000000-000799, test on 000800-000999 (split by frame index).
 Checkpoints are cached under .npuq-cache/bench/ and reused unless --retrain.
 """
@@ -18,12 +19,17 @@ from npuq.analysis.metrics import MetricConfig
 from npuq.pipeline import evaluate_model
 from npuq.train.fp32 import TrainConfig, train
 
-SIZE = (128, 160)
+SIZE = (128, 160)  # 7-Scenes input
+SYNTH_SIZE = (64, 96)  # the synthetic sequences' recipe (bench/README: training curve)
+# 4000 frames of four fixed worlds: train = first 75% of each trajectory (3000), test = last 15% (600)
+SYNTH_SEQUENCES = "synth:mode=sequence,n=4000,seed=0,size=64x96"
+CURVE_FRAMES = 200
 RUNS = {
     "synthetic": {
-        "train": TrainConfig(data="synth:n=20000,seed=0,size=128x160", steps=3000, size=SIZE, seed=0,
-                             out=str(CACHE / "reference-synthetic.pt"), save_every=500),
-        "test": "synth:n=500,seed=1,size=128x160",
+        "train": TrainConfig(data=f"{SYNTH_SEQUENCES},part=train", steps=3000, size=SYNTH_SIZE, seed=0,
+                             init_depth=3.0, out=str(CACHE / "reference-synthetic-seq.pt"), save_every=250),
+        "test": f"{SYNTH_SEQUENCES},part=test",
+        "curve_every": 250,
         "test_frames": None,
         "metric": MetricConfig(min_depth=0.1, max_depth=20.0),
     },
@@ -35,6 +41,11 @@ RUNS = {
         "metric": MetricConfig(min_depth=0.1, max_depth=10.0),
     },
 }
+
+
+def input_size(name: str) -> tuple[int, int]:
+    """The input size the reference of ``name`` is trained and quantized at."""
+    return RUNS[name]["train"].size
 
 
 def test_description(run: dict) -> str:
@@ -57,18 +68,46 @@ def reference_checkpoint(name: str, retrain: bool = False) -> tuple[str, float |
             return str(path), extra.get("bench_train_seconds")
         cfg = dataclasses.replace(cfg, resume=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with Timer() as t:
-        train(dataclasses.replace(cfg, force=True), progress=True)
-    _record_seconds(path, t.seconds)
-    return str(path), t.seconds
+    curve_every = RUNS[name].get("curve_every")
+    if not curve_every:
+        with Timer() as t:
+            train(dataclasses.replace(cfg, force=True), progress=True)
+        _record_seconds(path, t.seconds)
+        return str(path), t.seconds
+    return str(path), _train_with_curve(name, cfg, curve_every)
 
 
-def _record_seconds(path, seconds: float) -> None:
+def _train_with_curve(name: str, cfg, every: int) -> float:
+    """Train in segments of ``every`` steps (pause, score, resume: the same run as one piece) and record
+    abs_rel against steps on the first CURVE_FRAMES test frames; returns the training seconds alone."""
+    from npuq.models.checkpoint import load_checkpoint_dict
+
+    run, seconds, curve = RUNS[name], 0.0, []
+    frames = slice(0, CURVE_FRAMES)
+    stop = load_checkpoint_dict(cfg.out)["extra"]["train"]["step"] if cfg.resume else 0
+    while stop < cfg.steps:
+        stop = min(cfg.steps, stop + every)
+        with Timer() as t:
+            train(dataclasses.replace(cfg, force=True, stop_at_step=stop), progress=True)
+        seconds += t.seconds
+        cfg = dataclasses.replace(cfg, resume=True)
+        m = evaluate_model(cfg.out, run["test"], run["metric"], frames=frames, size=input_size(name))
+        curve.append({"step": stop, "train seconds": round(seconds), "abs_rel": m["abs_rel"]})
+        print(f"{name}: step {stop}, {seconds:.0f} s, abs_rel {m['abs_rel']:.4f}", flush=True)
+    _record_seconds(cfg.out, seconds, curve)
+    publish(f"curve-{name}", f"Training curve of the {name} reference (abs_rel on the first {CURVE_FRAMES} "
+            "test frames)", curve, list(curve[0]), {"train": cfg.to_dict(), "test": run["test"]})
+    return seconds
+
+
+def _record_seconds(path, seconds: float, curve: list | None = None) -> None:
     from npuq.io import save_torch
     from npuq.models.checkpoint import load_checkpoint_dict
 
     ckpt = load_checkpoint_dict(path)
     ckpt["extra"]["bench_train_seconds"] = seconds
+    if curve is not None:
+        ckpt["extra"]["bench_curve"] = curve
     save_torch(path, ckpt)
 
 
@@ -82,7 +121,7 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         ckpt, seconds = reference_checkpoint(name, args.retrain)
-        m = evaluate_model(ckpt, run["test"], run["metric"], frames=run["test_frames"], size=SIZE)
+        m = evaluate_model(ckpt, run["test"], run["metric"], frames=run["test_frames"], size=input_size(name))
         cfg = run["train"]
         train_frames = f" frames {cfg.frames[0]}:{cfg.frames[1]}" if cfg.frames else ""
         test_frames = run["test_frames"]

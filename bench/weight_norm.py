@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from common import CACHE, publish
-from reference import RUNS, SIZE, reference_checkpoint, test_description
+from reference import RUNS, input_size, reference_checkpoint, test_description
 
 from npuq.data.calib import random_calibration
 from npuq.data.datasets import open_dataset
@@ -57,8 +57,8 @@ def run_dataset(name: str, steps: int, strengths: list[float]) -> tuple[list[dic
     reference, _ = reference_checkpoint(name)
     tcfg = run["train"]
     frames = slice(*tcfg.frames) if tcfg.frames else None
-    calib = random_calibration(open_dataset(tcfg.data, size=SIZE, frames=frames), N_CALIB, SEED)
-    test_set = open_dataset(run["test"], size=SIZE, depth_at="native", frames=run["test_frames"])
+    calib = random_calibration(open_dataset(tcfg.data, size=input_size(name), frames=frames), N_CALIB, SEED)
+    test_set = open_dataset(run["test"], size=input_size(name), depth_at="native", frames=run["test_frames"])
     test = [test_set[i] for i in range(len(test_set))]
     variants = {"reference": reference}
     for s in [0.0, *strengths]:
