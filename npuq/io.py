@@ -74,3 +74,28 @@ def save_torch(path: str | Path, obj: Any, force: bool = True) -> Path:
     import torch
 
     return atomic_write(path, lambda p: torch.save(obj, p), force)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely; duplicate keys and syntax errors are one NpuqError line with the line number."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise NpuqError(f"{source}: line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return loader.construct_mapping(node)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise NpuqError(f"{source}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None

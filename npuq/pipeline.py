@@ -71,9 +71,21 @@ def run_ptq(model_path: str | Path, profile: str, calib: str, n_calib: int, seed
             "quantizers": len(sim.quantizers), "unsupported_ops": list(sim.unsupported_ops)}
 
 
-def load_saved_quantsim(quant_dir: str | Path, model: nn.Module):
+def load_saved_quantsim(quant_dir: str | Path, model: nn.Module, model_path: str | Path | None = None):
+    """A QuantSim saved by ``npuq ptq``; refused when made from another checkpoint than ``model_path``."""
+    import json
+
     from npuq.quant.sim import load_quantsim
 
+    if model_path is not None and Path(model_path).is_file():
+        ref_file = Path(quant_dir) / "model.json"
+        try:
+            stored = json.loads(ref_file.read_text()).get("sha256") if ref_file.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            stored = None
+        if stored and stored != file_sha256(model_path):
+            raise NpuqError(f"{quant_dir}: made from another checkpoint than {model_path} (sha256 differs); "
+                            "run npuq ptq on this model")
     return load_quantsim(quant_dir, model)
 
 
@@ -85,7 +97,7 @@ def evaluate_model(model_path: str | Path, data: str, metric_cfg, quant_dir: str
     from npuq.data.datasets import open_dataset
 
     model, size = load_float_model(model_path, size, allow_pickle)
-    net = load_saved_quantsim(quant_dir, model) if quant_dir else model
+    net = load_saved_quantsim(quant_dir, model, model_path) if quant_dir else model
     dataset = open_dataset(data, size=size, depth_at="native", frames=frames)
     result = evaluate(depth_predictor(net, model.head), dataset, metric_cfg, batch_size=batch_size,
                       progress=progress)
@@ -101,7 +113,7 @@ def build_sim(model_path: str | Path, quant_dir: str | Path | None, profile: str
 
     model, size = load_float_model(model_path, size, allow_pickle)
     if quant_dir:
-        return model, load_saved_quantsim(quant_dir, model), size
+        return model, load_saved_quantsim(quant_dir, model, model_path), size
     if not calib:
         raise NpuqError("give --quant (a folder from `npuq ptq`) or --calib to simulate PTQ afresh")
     calib_rgb = load_calibration(calib, size, n_calib, seed)
@@ -150,7 +162,7 @@ def export_onnx(model_path: str | Path, out: str | Path, quant_dir: str | Path |
         return {"out": str(path), "outputs": names, "input": [1, 3, *size], "max_abs_diff_vs_torch": diff}
     if not quant_dir:
         raise NpuqError("--onnx-qdq needs --quant (a folder from `npuq ptq`)")
-    sim = load_saved_quantsim(quant_dir, model)
+    sim = load_saved_quantsim(quant_dir, model, model_path)
     path = export_qdq_onnx(sim, size, out, force=force, output_names=names)
     check = compare_with_sim(sim, path, check_rgb)
     ops = fused_integer_ops(path)

@@ -62,7 +62,8 @@ def random_indices(pool_size: int, n: int, seed: int) -> list[int]:
         raise NpuqError("calibration pool is empty")
     if n <= 0:
         raise NpuqError(f"calibration size must be positive, got {n}")
-    n = min(n, pool_size)
+    if n > pool_size:
+        raise NpuqError(f"calibration size {n} exceeds the pool's {pool_size} frames (--n-calib)")
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(pool_size, size=n, replace=False).tolist())
 
@@ -260,9 +261,10 @@ def select_calibration(pool, n: int, strategy: str, seed: int, model: torch.nn.M
                        progress: bool = False, stats: PoolStats | None = None) -> Selection:
     """Pick ``n`` calibration frames of ``pool`` (a DepthDataset) by ``strategy``; see the module doc.
 
-    ``n`` larger than the pool takes the whole pool. ``model`` (the FP32 DepthResNet) adds encoder
-    features to the descriptor and predicted depth for frames without ground truth. ``stats`` reuses
-    the statistics of an earlier call on the same pool (e.g. for a random baseline).
+    ``n`` larger than the pool is an error (silently taking fewer frames would hide it). ``model`` (the
+    FP32 DepthResNet) adds encoder features to the descriptor and predicted depth for frames without
+    ground truth. ``stats`` reuses the statistics of an earlier call on the same pool (e.g. for a
+    random baseline).
     """
     if strategy not in STRATEGIES:
         raise NpuqError(f"calibration strategy {strategy!r}: unknown; choose from {', '.join(STRATEGIES)}")
@@ -270,6 +272,9 @@ def select_calibration(pool, n: int, strategy: str, seed: int, model: torch.nn.M
         raise NpuqError(f"calibration size must be positive, got {n}")
     if len(pool) == 0:
         raise NpuqError(f"{getattr(pool, 'root', 'pool')}: calibration pool is empty")
+    if n > len(pool):
+        raise NpuqError(f"{getattr(pool, 'root', 'pool')}: calibration size {n} exceeds the pool's "
+                        f"{len(pool)} frames")
     if stats is None:
         stats = pool_stats(pool, model, progress)
     elif len(stats) != len(pool):

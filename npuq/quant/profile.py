@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from npuq.errors import NpuqError
+from npuq.io import load_yaml
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"  # package data: shipped with the wheel
 
@@ -222,12 +223,10 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
 def load_profile(name_or_path: str | Path) -> QuantProfile:
     path = resolve_profile_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise NpuqError(f"{path}: cannot read profile ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise NpuqError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    profile = profile_from_dict(data, source=str(path))
+    profile = profile_from_dict(load_yaml(text, str(path)), source=str(path))
     if profile.name == "custom":
         profile = profile.replace(name=path.stem)
     return profile

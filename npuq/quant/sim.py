@@ -616,6 +616,11 @@ def _fp16_match(profile: QuantProfile, layer: str) -> bool:
 
 def _make_act_quantizers(plan: QuantPlan, profile: QuantProfile) -> dict[str, ActQuantizer]:
     grid = IntGrid.for_config(profile.activations)
+    outputs = {p.output_index for p in plan.points if p.output_index is not None}
+    flags = profile.quantize_outputs
+    if not isinstance(flags, bool) and len(flags) != len(outputs):
+        raise NpuqError(f"profile {profile.name}: quantize_outputs has {len(flags)} flags but the model has "
+                        f"{len(outputs)} output{'s' if len(outputs) != 1 else ''}")
     quantizers = {}
     for p in plan.points:
         mode = "fp16" if _fp16_match(profile, p.layer) else "int"

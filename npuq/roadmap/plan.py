@@ -21,9 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from npuq.errors import NpuqError
+from npuq.io import load_yaml
 from npuq.remedies.base import RemedyConfig, remedy_config
 
 # The user's plan (shared/user-plan): abs_rel they expect after each phase, from their INT8 baseline 0.1133.
@@ -84,35 +83,10 @@ def _plan_text(name_or_path: str | Path) -> tuple[str, str]:
     return shipped.read_text(), f"plan {name_or_path}"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise NpuqError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
 def load_plan(name_or_path: str | Path) -> Plan:
     """Parse and validate a plan; every problem is one NpuqError line naming the plan and the step."""
     text, source = _plan_text(name_or_path)
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
-    except NpuqError as exc:
-        raise NpuqError(f"{source}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise NpuqError(f"{source}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
-    return plan_from_dict(data, source)
+    return plan_from_dict(load_yaml(text, source), source)
 
 
 def plan_from_dict(data: Any, source: str) -> Plan:

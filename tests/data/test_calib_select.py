@@ -74,9 +74,11 @@ def test_seeded_strategies_change_with_the_seed(pool, stats, strategy):
     assert len(picks) > 1
 
 
-def test_n_above_the_pool_takes_every_frame(pool, stats):
+def test_n_above_the_pool_is_refused_and_n_equal_takes_every_frame(pool, stats):
     for strategy in STRATEGIES:
-        sel = select_calibration(pool, 100, strategy, seed=0, stats=stats)
+        with pytest.raises(NpuqError, match="exceeds the pool"):
+            select_calibration(pool, len(pool) + 1, strategy, seed=0, stats=stats)
+        sel = select_calibration(pool, len(pool), strategy, seed=0, stats=stats)
         assert sorted(sel.indices) == list(range(len(pool)))
         assert sel.radius == 0.0
 
