@@ -31,6 +31,8 @@ SECTIONS = [
     ("Synthetic data generator", "synth", "python bench/bench_synth.py"),
     ("FP32 reference model: synthetic", "reference-synthetic", "python bench/reference.py --only synthetic"),
     ("FP32 reference model: 7-Scenes", "reference-7scenes", "python bench/reference.py --only 7scenes"),
+    ("Training curve of the synthetic reference (sequences, 64x96)", "curve-synthetic",
+     "python bench/reference.py --only synthetic --retrain"),
     ("Baseline PTQ: synthetic", "baseline-synthetic", "python bench/baseline_ptq.py --only synthetic"),
     ("Baseline PTQ: 7-Scenes", "baseline-7scenes", "python bench/baseline_ptq.py --only 7scenes"),
     ("Calibrators against ONNX Runtime's quantize_static: 7-Scenes", "ort-calibrators-7scenes",
@@ -79,7 +81,7 @@ PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-sy
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
 # TensorRT's nor ONNX Runtime's (group edges rounded down, an empty last bin smoothed with 1e-4 instead of
 # excluded, candidates from the first non-empty bin + 128, zeros dropped).
-NO_CALIBRATION = ("synth", "reference-")
+NO_CALIBRATION = ("synth", "reference-", "curve-")
 LEGACY_KL = ("- calibrator: `kl` here is npuq's search before the calibrator variants (not `kl/tensorrt`): "
              "rerun pending\n")
 
