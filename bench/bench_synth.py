@@ -50,8 +50,8 @@ def main() -> None:
     rates = render_rate(SynthConfig(size=size), args.seed, args.n, args.repeats)
     rows.append({"what": "frame() all families", "size": args.size, "seed": args.seed, "n": args.n, **rates})
     rates = render_rate(SynthConfig(size=size, mode="sequence"), args.seed, args.n, args.repeats)
-    rows.append({"what": "frame() sequence mode (4 worlds)", "size": args.size, "seed": args.seed, "n": args.n,
-                 **rates})
+    rows.append({"what": "frame() sequence mode (4 worlds)", "size": args.size, "seed": args.seed,
+                 "n": args.n, **rates})
     for family in FAMILIES:
         n = max(args.n // 4, 1)
         rates = render_rate(SynthConfig(size=size, families=(family,)), args.seed, n, args.repeats)
