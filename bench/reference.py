@@ -128,11 +128,12 @@ def main() -> None:
         test_frames = f" frames {test_frames.start}:{test_frames.stop}" if test_frames else ""
         rows.append({"dataset": name, "train data": cfg.data + train_frames,
                      "test data": run["test"] + test_frames,
+                     "input": f"{cfg.size[0]}x{cfg.size[1]}",
                      "steps x batch": f"{cfg.steps}x{cfg.batch_size}",
                      "train minutes": round(seconds / 60, 1) if seconds else "cached",
                      **{k: m[k] for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")},
                      "test frames": m["n_images"]})
-    publish(f"reference{'-' + args.only if args.only else ''}", "FP32 reference DepthResNet-18 (128x160)",
+    publish(f"reference{'-' + args.only if args.only else ''}", "FP32 reference DepthResNet-18",
             rows, list(rows[0]), {"seed": 0, "loss": RUNS["synthetic"]["train"].loss,
                                   "lr": RUNS["synthetic"]["train"].lr})
 
