@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,9 +269,3 @@ def _write_with_lineage(checkpoint: Path, target: Path, entry: dict[str, Any]) -
     save_torch(target, saved)
     if checkpoint.resolve() != target.resolve() and checkpoint.parent.resolve() == target.parent.resolve():
         checkpoint.unlink()  # the handler's own file in the work folder: the lineage copy replaces it
-
-
-def copy_checkpoint(source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
