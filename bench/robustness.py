@@ -89,11 +89,16 @@ def main() -> None:
         row["remedy s"] = sum(seconds) if seconds else 0.0
         row["worst / ref FP32"] = max(row[c] for c in COLUMNS) / reference_fp32
         rows.append(row)
-    title = f"Robustness matrix ({args.only}): INT8 abs_rel of each hand-off under every calibrator"
-    publish(f"robustness-{args.only}", title, rows, list(rows[0]),
+        print(f"{name}: FP32 of the hand-off {row['FP32 (hand-off)']:.4f}", flush=True)
+        _publish(args.only, rows, spec, ckpt, reference_fp32)  # after every row: a partial run keeps its rows
+
+
+def _publish(only: str, rows: list[dict], spec: dict, ckpt: str, reference_fp32: float) -> None:
+    title = f"Robustness matrix ({only}): INT8 abs_rel of each hand-off under every calibrator"
+    publish(f"robustness-{only}", title, rows, list(rows[0]),
             {"reference": ckpt, "reference_fp32": reference_fp32, "train": str(spec["train"]),
              "val": str(spec["val"]), "calibration": f"100 random frames of {spec['calib_pool']}, seed 0",
-             "test": str(spec["test"]), "reference_train": RUNS[args.only]["train"].to_dict()})
+             "test": str(spec["test"]), "reference_train": RUNS[only]["train"].to_dict()})
 
 
 if __name__ == "__main__":
