@@ -1,6 +1,7 @@
 """A non-editable install carries the shipped profiles and plans: built as a wheel, run from elsewhere."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory):
     """The wheel of this checkout, unpacked into its own site folder (offline: no build isolation)."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # setuptools builds in <source>/build: never inside the checkout
+    shutil.copytree(REPO / "npuq", source / "npuq", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp / "dist"), str(REPO)], check=True, capture_output=True)
+                    "-w", str(tmp / "dist"), str(source)], check=True, capture_output=True)
     wheel = next((tmp / "dist").glob("npuq-*.whl"))
     site = tmp / "site"
     with zipfile.ZipFile(wheel) as archive:

@@ -1,1 +1,0 @@
-"""Training: supervised depth losses (``losses``) and the FP32 training loop (``fp32``)."""
