@@ -10,8 +10,6 @@ PTQ on test frames no step saw. Prints what each phase bought and where the repo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +63,13 @@ def _mark(cfg: DemoConfig, status: str) -> None:
 
 def reference_model(cfg: DemoConfig, console) -> Path:
     """Train the FP32 reference, or reuse (resume) the cached checkpoint of exactly this training run."""
+    from npuq.remedies.base import json_digest
     from npuq.train.fp32 import TrainConfig, train
 
     tcfg = TrainConfig(data=cfg.spec("train"), steps=cfg.steps, size=cfg.size, batch_size=cfg.batch_size,
                        lr=cfg.lr, seed=cfg.seed, init_depth=cfg.init_depth, max_depth=100.0, out="",
                        save_every=max(50, cfg.steps // 5), device=cfg.device)
-    digest = hashlib.sha256(json.dumps(tcfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    digest = json_digest(tcfg.to_dict())[:12]
     ckpt = cfg.out / "cache" / f"reference-{digest}.pt"
     tcfg = dataclasses.replace(tcfg, out=str(ckpt))
     if ckpt.exists():

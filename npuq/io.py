@@ -12,6 +12,17 @@ from typing import Any
 from npuq.errors import NpuqError
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_writable(path: str | Path, force: bool) -> Path:
     """Refuse to clobber an existing user file unless ``force`` is set."""
     path = Path(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +9,10 @@ import torch
 from torch import nn
 
 from npuq.errors import NpuqError
+from npuq.io import file_sha256
 from npuq.models.heads import as_tuple, depth_predictor  # noqa: F401  (re-exported)
 
 DEFAULT_SIZE = (128, 160)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def training_size(model_path: str | Path) -> tuple[int, int]:

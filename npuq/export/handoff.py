@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from npuq.errors import NpuqError
-from npuq.io import atomic_write, write_bytes, write_json, write_text
+from npuq.io import atomic_write, file_sha256, write_bytes, write_json, write_text
 from npuq.progress import track
 
 FORMAT = "npuq-handoff/1"
@@ -133,7 +133,7 @@ def export_handoff(model_path: str | Path, calib_pool: str, calib_list: str | Pa
     """
     from npuq.data.datasets import open_dataset
     from npuq.export.onnx_export import INPUT_NAME, OPSET, export_float_onnx
-    from npuq.pipeline import file_sha256, load_float_model
+    from npuq.pipeline import load_float_model
 
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)

@@ -23,6 +23,7 @@ import torch
 
 from npuq.analysis.metrics import MetricConfig
 from npuq.errors import NpuqError
+from npuq.io import file_sha256
 from npuq.quant.profile import QuantProfile, profile_from_dict
 
 MODEL_FILE = "model.pt"
@@ -88,14 +89,6 @@ class CalibSet:
         return cls(DataRef.from_dict(data["pool"]), tuple(data["frames"]))
 
 
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def json_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -113,7 +106,7 @@ class Handoff:
     notes: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def digest(self) -> str:
-        return json_digest({"checkpoint": file_digest(self.checkpoint), "calib": self.calib.to_dict(),
+        return json_digest({"checkpoint": file_sha256(self.checkpoint), "calib": self.calib.to_dict(),
                             "profile": self.profile.to_dict()})
 
     def lineage(self) -> list[dict[str, Any]]:
@@ -247,10 +240,10 @@ def remedy_config(name: str, data: Mapping[str, Any] | None = None, where: str =
 def apply_remedy(handoff: Handoff, config: RemedyConfig, ctx: Context) -> Handoff:
     """Run one remedy: a new Handoff whose checkpoint (in ``ctx.work_dir``) has one more lineage entry."""
     remedy = get_remedy(config.name)
-    source = file_digest(handoff.checkpoint)
+    source = file_sha256(handoff.checkpoint)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     result = remedy.handler(handoff, config, ctx)
-    if file_digest(handoff.checkpoint) != source:
+    if file_sha256(handoff.checkpoint) != source:
         raise NpuqError(f"remedy {config.name!r} modified its input {handoff.checkpoint}")
     target = ctx.work_dir / MODEL_FILE
     entry = {"remedy": config.name, "config": config.to_dict(), "source": source}

@@ -98,15 +98,13 @@ class Distillation:
 @register_remedy(DistillConfig)
 def distill(handoff: Handoff, cfg: DistillConfig, ctx: Context) -> Handoff:
     """Distil the frozen FP32 model into its fake-quant self (output + decoder features), labels optional."""
+    from npuq.device import resolve_device
     from npuq.models.checkpoint import load_model
     from npuq.train.qaf_head import finetune_through_quantsim
 
     size = input_size(handoff)
-    teacher = load_model(handoff.checkpoint)
+    teacher = load_model(handoff.checkpoint).to(resolve_device(ctx.device))
     student = load_model(handoff.checkpoint).eval()
-    from npuq.device import resolve_device
-
-    teacher.to(resolve_device(ctx.device))
     out = ctx.work_dir / "distill.pt"
     finetune_through_quantsim(student, handoff.profile, handoff.calib.rgb(size), ctx.train.open(size),
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,

@@ -12,6 +12,7 @@ Outputs (``OUT``): ``roadmap.json``, ``report.md`` (and ``report.ko.md`` with ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from npuq.errors import NpuqError
-from npuq.io import write_json, write_text
+from npuq.io import file_sha256, write_json, write_text
 from npuq.measure import Score, measure
 from npuq.progress import stderr_console
 from npuq.remedies.base import (
@@ -31,7 +32,6 @@ from npuq.remedies.base import (
     DataRef,
     Handoff,
     apply_remedy,
-    file_digest,
     json_digest,
 )
 from npuq.roadmap.plan import USER_FP32, USER_TARGET, Plan, Step
@@ -70,7 +70,7 @@ def start_handoff(checkpoint: str | Path, ctx: Context, profile, calib_size: int
     from npuq.models.checkpoint import load_model, save_checkpoint
     from npuq.pipeline import training_size
 
-    target = out / STEPS_DIR / f"start-{file_digest(checkpoint)[:16]}" / MODEL_FILE
+    target = out / STEPS_DIR / f"start-{file_sha256(checkpoint)[:16]}" / MODEL_FILE
     if not target.exists():
         size = training_size(checkpoint)
         model = load_model(checkpoint)
@@ -78,7 +78,7 @@ def start_handoff(checkpoint: str | Path, ctx: Context, profile, calib_size: int
                  "source": str(Path(checkpoint).resolve())}
         target.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(target, model, extra=_carry_extra(checkpoint, extra), force=True)
-    size = _size(target)
+    size = training_size(target)
     pool = ctx.train.open(size)
     if calib_size > len(pool):
         raise NpuqError(f"{ctx.train}: the Baseline's calibration size {calib_size} exceeds its {len(pool)} "
@@ -96,12 +96,6 @@ def _carry_extra(checkpoint: str | Path, extra: dict[str, Any]) -> dict[str, Any
     except NpuqError:
         return extra
     return {**extra, **{k: saved[k] for k in ("train", "lineage") if k in saved}}
-
-
-def _size(checkpoint: Path) -> tuple[int, int]:
-    from npuq.pipeline import training_size
-
-    return training_size(checkpoint)
 
 
 class Runner:
@@ -138,7 +132,7 @@ class Runner:
         shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier attempt
         self.console.print(f"step {index}: {step.label} ({step.config.name})", markup=False)
         started = time.monotonic()
-        result = apply_remedy(source, step.config, Context(**{**self.ctx.__dict__, "work_dir": partial}))
+        result = apply_remedy(source, step.config, dataclasses.replace(self.ctx, work_dir=partial))
         seconds = time.monotonic() - started
         record = {**result.to_dict(), "checkpoint": os.path.relpath(result.checkpoint, partial),
                   "seconds": seconds, "remedy": step.config.name, "label": step.label}
@@ -171,8 +165,7 @@ class Runner:
 
 def _read_step(folder: Path) -> Handoff:
     data = json.loads((folder / HANDOFF_FILE).read_text())
-    handoff = Handoff.from_dict({**data, "checkpoint": str(folder / data["checkpoint"])})
-    return handoff
+    return Handoff.from_dict({**data, "checkpoint": str(folder / data["checkpoint"])})
 
 
 def summary(plan: Plan, start: Handoff, baseline: Score, results: list[StepResult], ctx: Context,

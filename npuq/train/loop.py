@@ -112,9 +112,8 @@ def lr_factor(step: int, total: int, warmup_frac: float) -> float:
 def build_optimizer(params: Iterable[nn.Parameter], cfg: FitConfig):
     params = list(params)
     # fused: one kernel for all tensors; on CPU ~10x faster than the per-tensor loop (0.3 s/step on R18)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
     if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     else:
         optimizer = torch.optim.Adam(params, lr=cfg.lr)
     if cfg.schedule == "constant":

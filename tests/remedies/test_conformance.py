@@ -6,18 +6,19 @@ import os
 import pytest
 
 from npuq.errors import NpuqError
+from npuq.io import file_sha256
 from npuq.measure import measure
 from npuq.remedies import REMEDIES, apply_remedy, remedy_config
-from npuq.remedies.base import PLANNED, file_digest
+from npuq.remedies.base import PLANNED
 
 
 @pytest.mark.parametrize("name", sorted(REMEDIES))
 def test_remedy_conforms(name, handoff, context, test_data):
     config = REMEDIES[name].config.smoke()
-    before = (file_digest(handoff.checkpoint), os.stat(handoff.checkpoint).st_mtime_ns, handoff.calib)
+    before = (file_sha256(handoff.checkpoint), os.stat(handoff.checkpoint).st_mtime_ns, handoff.calib)
     lineage = handoff.lineage()
     result = apply_remedy(handoff, config, context)
-    assert (file_digest(handoff.checkpoint), os.stat(handoff.checkpoint).st_mtime_ns, handoff.calib) == before
+    assert (file_sha256(handoff.checkpoint), os.stat(handoff.checkpoint).st_mtime_ns, handoff.calib) == before
     assert result.checkpoint != handoff.checkpoint and result.checkpoint.parent == context.work_dir
     grown = result.lineage()
     # one entry per remedy applied: ``best`` also records the steps of the alternative it kept
