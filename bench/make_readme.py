@@ -74,6 +74,8 @@ SECTIONS = [
     ("Phase 2: output heads, synthetic", "heads-synthetic", "python bench/heads.py --only synthetic"),
     ("Robustness matrix: remedies under every calibrator, 7-Scenes", "robustness-7scenes",
      "python bench/robustness.py --only 7scenes"),
+    ("Probe kit: identifying ONNX Runtime's quantize_static", "probe-onnxruntime",
+     "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
 ROADMAPS = [("path-c", "7scenes"), ("path-b", "7scenes")]

@@ -19,6 +19,7 @@ STEPS = [
     ["calib_sweep.py"],
     ["weight_norm.py"],
     ["heads.py"],
+    ["probe_onnxruntime.py"],
     ["make_readme.py"],
 ]
 

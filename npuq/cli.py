@@ -4,21 +4,67 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
-from npuq.errors import NpuqError
+from npuq.errors import Interrupted, NpuqError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+def fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: temporaries removed, training checkpointed
+
+
+class OneLineErrors(TyperGroup):
+    """Every failure ends in one ``error:`` line on stderr: a bad or missing flag and a bad input exit
+    2, an interrupt (Ctrl-C, SIGTERM) 130. Never a traceback or a usage panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals: main thread only
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NpuqError as exc:
+            fail(str(exc), exc.exit_code)
+        except (KeyboardInterrupt, typer.Abort):
+            fail("interrupted", 130)
+        except TyperException as exc:  # typer's (vendored click's) usage errors: bad or missing flags
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `npuq` or `npuq calib`: the help
+                typer.echo(exc.format_message(), err=True)
+                sys.exit(2)
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            fail(exc.format_message().rstrip(".") + where, getattr(exc, "exit_code", 2))
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate the embedded synthetic RGB-D set.")
 profile_app = typer.Typer(no_args_is_help=True, help="NPU profiles: validate and show.")
 calib_app = typer.Typer(no_args_is_help=True, help="Calibration sets: select frames for the toolchain.")
+probe_app = typer.Typer(no_args_is_help=True, help="Identify the vendor toolchain: export the probe kit, fit "
+                                                   "a profile to the device's outputs.")
 app.add_typer(data_app, name="data")
 app.add_typer(calib_app, name="calib")
 app.add_typer(profile_app, name="profile")
+app.add_typer(probe_app, name="probe")
 
 
 def _version(value: bool) -> None:
@@ -36,15 +82,19 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def user_errors(fn):
-    """Turn an NpuqError into one line on stderr and exit status 2, never a traceback."""
+    """Turn an NpuqError (and Ctrl-C / SIGTERM) into one line on stderr and its exit status, never a
+    traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+                raise Interrupted("interrupted") from None
         except NpuqError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper
 
@@ -107,6 +157,11 @@ LOSS_HELP = ("l1_inv, silog, berhu, a + combination of them, or head: the head's
              "(default for heads other than sigmoid-disp).")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Trust the checkpoint's pickled objects.")]
+CalibListOpt = Annotated[Path | None, typer.Option(help="File listing the calibration frames (npuq calib "
+                                                        "select), instead of a random pick.")]
+CalibFramesOpt = Annotated[str | None, typer.Option(
+    "--frames", help="Frame range START:STOP of --calib (keep calibration off the test frames).")]
 
 
 @data_app.command("synth")
@@ -130,9 +185,10 @@ def data_synth(
 @calib_app.command("select")
 @user_errors
 def calib_select(
-    pool: Annotated[str, typer.Option(help="Pool of candidate frames: dataset folder or synth: spec.")],
+    calib: Annotated[str, typer.Option(help="Pool of candidate frames: dataset folder or synth: spec.")],
     n: Annotated[int, typer.Option(help="Frames to select.")],
     out: Annotated[Path, typer.Option(help="Selected frame list (one name per line).")],
+    frames: CalibFramesOpt = None,
     strategy: Annotated[str, typer.Option(help="random, stratified or diverse.")] = "diverse",
     model: Annotated[Path | None, typer.Option(help="FP32 checkpoint (features, size).")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
@@ -143,18 +199,23 @@ def calib_select(
     """Choose a calibration set; the report compares its coverage with a random pick of the same size."""
     from npuq.data.calib import select_calibration, write_selection
     from npuq.data.datasets import open_dataset
+    from npuq.io import check_writable
     from npuq.pipeline import load_float_model
-    from npuq.report.calib_report import write_calib_report
+    from npuq.report.calib_report import check_report_writable, write_calib_report
 
+    check_positive("--n", n)
+    check_writable(out, force)
+    if report:
+        check_report_writable(report, force)
     net, size = load_float_model(model) if model else (None, None)
-    dataset = open_dataset(pool, size=size)
+    dataset = open_dataset(calib, size=size, frames=parse_frames(frames))
     selection = select_calibration(dataset, n, strategy, seed, model=net, progress=not as_json)
-    write_selection(out, selection, force=force)
     result: dict[str, Any] = {"out": str(out), "strategy": strategy, "n": len(selection.indices),
                               "k_center_radius": selection.radius}
     if report:
         baseline = select_calibration(dataset, n, "random", seed, stats=selection.stats)
         result["report"] = write_calib_report(report, dataset, selection, baseline, force=force)
+    write_selection(out, selection, force=force)  # last: a failed report leaves no half of the output
     emit(result, as_json, f"calibration set written to {out}")
 
 
@@ -174,6 +235,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     init: Annotated[Path | None, typer.Option(help="Checkpoint to fine-tune from.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved at --out.")] = False,
+    save_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps (and always "
+                                                 "on Ctrl-C / SIGTERM).")] = 500,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -184,13 +247,18 @@ def train(
     check_positive("--steps", steps)
     check_positive("--batch-size", batch_size)
     check_positive("--lr", lr)
+    check_positive("--save-every", save_every)
     default_loss = "l1_inv+silog" if head == "sigmoid-disp" else "head"
     cfg = TrainConfig(
         data=data, frames=_frame_range(frames), depth=depth, head=head, size=parse_size(size), steps=steps,
         batch_size=batch_size, lr=lr, loss=loss or default_loss, seed=seed, init=str(init) if init else None,
-        out=str(out), resume=resume, force=force,
+        out=str(out), resume=resume, force=force, save_every=save_every,
     )
-    path = run_training(cfg, progress=not as_json)
+    try:
+        path = run_training(cfg, progress=not as_json)
+    except KeyboardInterrupt:
+        kept = f"progress saved in {out}; add --resume to continue" if out.is_file() else "nothing saved"
+        raise Interrupted(f"training interrupted; {kept}") from None
     emit({"checkpoint": str(path), "steps": steps, "seed": seed}, as_json, "training done")
 
 
@@ -207,7 +275,7 @@ def evaluate(
     crop: Annotated[str | None, typer.Option(help="Evaluation crop: garg.")] = None,
     median_scaling: Annotated[bool, typer.Option(help="Median-scale predictions.")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
-    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    allow_pickle: PickleOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Depth metrics (abs_rel, sq_rel, rmse, rmse_log, a1-a3) of the FP32 or simulated INT8 model."""
@@ -228,24 +296,25 @@ def evaluate(
 @user_errors
 def ptq(
     model: Annotated[Path, typer.Option(help="Float checkpoint (what the vendor toolchain gets).")],
+    calib: Annotated[str, typer.Option(help="Calibration pool: dataset folder or synth: spec.")],
     profile: Annotated[str, typer.Option(help="Profile YAML or shipped name.")] = "npu-default",
-    calib: Annotated[str, typer.Option(help="Calibration pool: dataset folder or synth: spec.")] = "",
+    frames: CalibFramesOpt = None,
     n_calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
-    calib_list: Annotated[Path | None, typer.Option(help="File listing the calibration frames.")] = None,
+    calib_list: CalibListOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the random calibration pick.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder for the QuantSim.")] = Path("quant"),
     size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    allow_pickle: PickleOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate the vendor toolchain: calibrate, clip, correct bias, equalize; save scales + profile."""
     from npuq.pipeline import run_ptq
 
-    if not calib:
-        raise NpuqError("--calib: a calibration pool (dataset folder or synth: spec) is required")
+    check_positive("--n-calib", n_calib)
     summary = run_ptq(
         model, profile, calib, n_calib=n_calib, seed=seed, out=out, calib_list=calib_list,
+        frames=parse_frames(frames),
         size=parse_size(size) if size else None, allow_pickle=allow_pickle, force=force,
         progress=not as_json,
     )
@@ -267,7 +336,7 @@ def analyze(
     size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
     min_depth: Annotated[float, typer.Option(help="Valid GT lower bound (m).")] = 0.1,
     max_depth: Annotated[float, typer.Option(help="Valid GT upper bound (m).")] = 20.0,
-    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    allow_pickle: PickleOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -308,15 +377,18 @@ def export(
     model: Annotated[Path, typer.Option(help="Float checkpoint.")],
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
     float_onnx: Annotated[bool, typer.Option("--float-onnx", help="Export the float model.")] = False,
-    calib_set: Annotated[Path | None, typer.Option(help="Hand-off: frame list (calib select).")] = None,
+    calib_list: CalibListOpt = None,
     calib: Annotated[str | None, typer.Option(help="Hand-off: the calibration pool.")] = None,
-    n_calib: Annotated[int, typer.Option(help="Hand-off: random frames when no --calib-set.")] = 100,
+    frames: CalibFramesOpt = None,
+    n_calib: Annotated[int, typer.Option(help="Hand-off: random frames when no --calib-list.")] = 100,
     onnx_qdq: Annotated[bool, typer.Option("--onnx-qdq", help="Export the QuantSim as ONNX QDQ.")] = False,
     quant: Annotated[Path | None, typer.Option(help="QuantSim folder (for --onnx-qdq).")] = None,
     check_data: Annotated[str | None, typer.Option(help="Frames to cross-check ONNX Runtime on.")] = None,
     n_check: Annotated[int, typer.Option(help="Frames used by the cross-check.")] = 8,
+    min_agreement: Annotated[float, typer.Option(help="QDQ: refuse the export when fewer output elements "
+                                                      "than this share agree with the simulator.")] = 0.99,
     size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training size).")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    allow_pickle: PickleOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -325,18 +397,24 @@ def export(
 
     if float_onnx == onnx_qdq:
         raise NpuqError("choose exactly one of --float-onnx and --onnx-qdq")
-    if float_onnx and (calib or calib_set):
+    check_positive("--n-check", n_check)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise NpuqError(f"--min-agreement must lie in [0, 1], got {min_agreement}")
+    if float_onnx and (calib or calib_list):
         from npuq.export.handoff import export_handoff
 
         if not calib:
-            raise NpuqError("--calib-set lists frame names: give the pool they come from with --calib")
-        result = export_handoff(model, calib, calib_set, out, n_calib=n_calib, size=parse_size(size) if size
-                                else None, force=force, allow_pickle=allow_pickle, progress=not as_json)
+            raise NpuqError("--calib-list lists frame names: give the pool they come from with --calib")
+        check_positive("--n-calib", n_calib)
+        result = export_handoff(model, calib, calib_list, out, n_calib=n_calib, frames=parse_frames(frames),
+                                size=parse_size(size) if size else None, force=force,
+                                allow_pickle=allow_pickle, progress=not as_json)
         emit(result, as_json, f"hand-off written to {out}")
         return
     result = export_onnx(
         model, out, quant_dir=quant, qdq=onnx_qdq, check_data=check_data, n_check=n_check,
         size=parse_size(size) if size else None, allow_pickle=allow_pickle, force=force,
+        min_agreement=min_agreement,
     )
     emit(result, as_json, f"exported {out}")
 
@@ -347,11 +425,12 @@ def weight_norm(
     model: Annotated[Path, typer.Option(help="FP32 checkpoint to fine-tune.")],
     data: Annotated[str, typer.Option(help="Training data: dataset folder or synth: spec.")],
     out: Annotated[Path, typer.Option(help="Float checkpoint to write (what the toolchain gets).")],
+    frames: Annotated[str | None, typer.Option(help="Frame range START:STOP of --data.")] = None,
     strength: Annotated[float, typer.Option(help="Weight of the range-imbalance penalty.")] = 0.05,
     steps: Annotated[int, typer.Option(help="Fine-tune steps.")] = 300,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    allow_pickle: Annotated[bool, typer.Option(help="Trust the checkpoint's pickled objects.")] = False,
+    allow_pickle: PickleOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -361,7 +440,9 @@ def weight_norm(
 
     check_positive("--steps", steps)
     check_positive("--lr", lr)
-    cfg = WeightNormConfig(strength=strength, steps=steps, lr=lr, seed=seed)
+    if not strength >= 0:
+        raise NpuqError(f"--strength must be zero or positive, got {strength}")
+    cfg = WeightNormConfig(strength=strength, steps=steps, lr=lr, seed=seed, frames=_frame_range(frames))
     path = finetune_weight_norm(model, data, cfg, out, progress=not as_json, force=force,
                                 allow_pickle=allow_pickle)
     report = load_checkpoint_dict(path)["extra"]["weight_norm"]
@@ -435,6 +516,86 @@ def profile_show(profile: Annotated[str, typer.Argument(help="Profile YAML or sh
     typer.echo(loaded.to_yaml(), nl=False)
 
 
+@probe_app.command("export")
+@user_errors
+def probe_export(
+    out: Annotated[Path, typer.Option(help="Kit folder to write (probes, calibration, inputs, README).")],
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the probe kit: tiny float ONNX models to compile with the vendor toolchain."""
+    from npuq.probe import export_kit
+
+    manifest = export_kit(out, force=force)
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    typer.echo(f"wrote {len(manifest['probes'])} probes to {out}; next: follow {out / 'README.md'}")
+
+
+@probe_app.command("fit")
+@user_errors
+def probe_fit(
+    outputs: Annotated[Path, typer.Option(help="The device's outputs (layout in the kit's README).")],
+    kit: Annotated[Path | None, typer.Option(help="Kit folder (npuq probe export): fit a profile.")] = None,
+    model: Annotated[Path | None, typer.Option(help="With --handoff: confirm profiles on your net.")] = None,
+    handoff: Annotated[Path | None, typer.Option(help="Hand-off the device outputs come from.")] = None,
+    profile: Annotated[list[str] | None, typer.Option(help="With --handoff: a profile to compare (repeat; "
+                                                           "default: the shipped ones).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the fitted profile YAML here.")] = None,
+    allow_pickle: PickleOpt = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a profile to the device's outputs on the kit (every field with its evidence and confidence),
+    or, with --model and --handoff, say how well each profile reproduces the device on your network."""
+    if (kit is None) == (handoff is None) or (handoff is None) != (model is None):
+        raise NpuqError("give --kit (fit a profile), or --model and --handoff (confirm on your network)")
+    if handoff is not None:
+        _probe_confirm(model, handoff, outputs, profile, allow_pickle, as_json)
+        return
+    from npuq.io import check_writable, write_text
+    from npuq.probe import fit_kit
+
+    if out is not None:
+        check_writable(out, force)
+    result = fit_kit(kit, outputs)
+    if out is not None and result.fits:
+        write_text(out, result.profile.to_yaml(), force=force)
+    if as_json:
+        written = str(out) if out and result.fits else None
+        typer.echo(json.dumps({**result.to_dict(), "out": written}, indent=2))
+    else:
+        from npuq.report.tables import print_table
+
+        rows = [{"field": f.field, "value": f.value, "confidence": f.confidence, "evidence": f.evidence}
+                for f in result.fields]
+        print_table(rows, ["field", "value", "confidence", "evidence"], title="npuq probe fit")
+        agreement = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.agreement.items())
+        typer.echo(f"the fitted profile reproduces the device within one output step: {agreement}")
+        if out is not None and result.fits:
+            typer.echo(f"profile written to {out}")
+    if not result.fits:
+        missing = ", ".join(f.field for f in result.fields if f.confidence == "none")
+        raise NpuqError(f"{outputs}: no modelled setting fits {missing} (nearest candidates and residuals "
+                        "above); no profile written")
+
+
+def _probe_confirm(model: Path, handoff: Path, outputs: Path, profiles: list[str] | None, allow_pickle: bool,
+                   as_json: bool) -> None:
+    from npuq.probe.confirm import confirm_on_network
+
+    result = confirm_on_network(model, handoff, outputs, profiles, allow_pickle=allow_pickle)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from npuq.report.tables import print_table
+
+    print_table(result["profiles"], ["profile", "calibrator", "within_one_step", "mean_gap_steps", "abs_rel"],
+                title=f"device outputs on {result['frames']} hand-off frames against each profile "
+                      f"(device abs_rel {result['device_abs_rel']})")
+
+
 @app.command()
 @user_errors
 def demo(
@@ -457,11 +618,7 @@ def demo(
 
 
 def main() -> None:
-    try:
-        app()
-    except NpuqError as exc:  # raised outside a command body (e.g. while parsing)
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Atomic output writing: temp file in the same folder, then rename. Never overwrite without force."""
+"""Atomic output writing: temp file (or folder) beside the target, then rename. Never overwrite without force.
+
+Temporary names carry the writer's pid (``.NAME.PID.XXXX.tmp`` / ``.partial``): a later write to the same
+target removes the ones whose process is gone, so even a SIGKILL leaves nothing behind for long."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +33,97 @@ def check_writable(path: str | Path, force: bool) -> Path:
     path = Path(path)
     if path.is_dir():
         raise NpuqError(f"{path}: is a folder; give a file path")
+    _check_parents(path)
     if path.exists() and not force:
         raise NpuqError(f"{path}: already exists; pass --force to overwrite")
     return path
 
 
-def check_folder_writable(folder: str | Path, names: Iterable[str], force: bool) -> Path:
-    """Refuse, before any work, to overwrite any of ``names`` inside ``folder`` without ``force``."""
+def _check_parents(path: Path) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NpuqError(f"{path}: {parent} is a file, not a folder")
+            return
+
+
+def umask_mode(folder: bool = False) -> int:
+    """The mode a plain ``open(path, "w")`` (or ``mkdir``) would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove temporaries of ``target`` left by writers that no longer run (killed mid-write)."""
+    if not target.parent.is_dir():
+        return
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        parts = leftover.name[len(target.name) + 2:].split(".")
+        if len(parts) < 3 or not parts[0].isdigit() or parts[-1] not in ("tmp", "partial", "old"):
+            continue
+        if int(parts[0]) == os.getpid() or _pid_alive(int(parts[0])):
+            continue
+        if parts[-1] == "old" and not target.exists():  # killed between the two renames of a swap
+            os.replace(leftover, target)
+        elif leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def check_output_folder(folder: str | Path, force: bool, marker: str) -> Path:
+    """Refuse, before any work, a multi-file output folder that cannot be written as a whole.
+
+    ``marker`` is the file every such output holds: an existing folder is replaced only with ``force``
+    and only when it holds ``marker`` (an earlier output of the same kind), never a folder of other
+    files."""
     folder = Path(folder)
+    remove_stale_temps(folder)
     if folder.exists() and not folder.is_dir():
         raise NpuqError(f"{folder}: exists and is not a folder")
-    for name in names:
-        check_writable(folder / name, force)
+    _check_parents(folder)
+    if folder.is_dir() and any(folder.iterdir()):
+        if not force:
+            raise NpuqError(f"{folder}: already exists; pass --force to overwrite")
+        if not (folder / marker).exists():
+            raise NpuqError(f"{folder}: holds files npuq did not write (no {marker}); choose a new folder")
     return folder
 
 
-def umask_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give a new file under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+@contextmanager
+def atomic_folder(folder: str | Path, force: bool, marker: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder``; when the block succeeds it replaces ``folder`` as a
+    whole (readers see the old output or the new one, never a mix), when it fails it is removed."""
+    folder = check_output_folder(folder, force, marker)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{folder.name}.{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=folder.parent))
+    try:
+        yield tmp
+        if not (tmp / marker).exists():
+            raise RuntimeError(f"atomic_folder: the output of {folder} lacks its marker {marker}")
+        os.chmod(tmp, umask_mode(folder=True))
+        if folder.exists():
+            old = tmp.with_name(tmp.name.removesuffix(".partial") + ".old")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], force: bool = True) -> Path:
@@ -57,7 +133,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], force: bool = 
     a hand-off folder)."""
     path = check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -79,6 +156,16 @@ def write_bytes(path: str | Path, data: bytes, force: bool = True) -> Path:
 
 def write_json(path: str | Path, obj: Any, force: bool = True) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", force)
+
+
+def write_npy(path: str | Path, array: Any, force: bool = True) -> Path:
+    import numpy as np
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temp name
+            np.save(fh, np.asarray(array), allow_pickle=False)
+
+    return atomic_write(path, save, force)
 
 
 def save_torch(path: str | Path, obj: Any, force: bool = True) -> Path:

@@ -13,6 +13,7 @@ from npuq.io import file_sha256
 from npuq.models.heads import as_tuple, depth_predictor  # noqa: F401  (re-exported)
 
 DEFAULT_SIZE = (128, 160)
+QDQ_AGREEMENT_TARGET = 0.99  # share of QDQ output elements within one step of the simulator
 
 
 def training_size(model_path: str | Path) -> tuple[int, int]:
@@ -31,12 +32,13 @@ def load_float_model(model_path: str | Path, size: tuple[int, int] | None = None
 
 
 def load_calibration(calib: str, size: tuple[int, int], n_calib: int, seed: int,
-                     calib_list: str | Path | None = None) -> torch.Tensor:
-    """Calibration RGB [N,3,H,W]: the frames listed in ``calib_list``, else ``n_calib`` random ones."""
+                     calib_list: str | Path | None = None, frames: slice | None = None) -> torch.Tensor:
+    """Calibration RGB [N,3,H,W]: the frames listed in ``calib_list``, else ``n_calib`` random ones, of
+    the pool ``calib`` (only its ``frames`` when given)."""
     from npuq.data.calib import random_calibration, read_selection, stack_rgb
     from npuq.data.datasets import open_dataset
 
-    pool = open_dataset(calib, size=size)
+    pool = open_dataset(calib, size=size, frames=frames)
     if calib_list is None:
         return random_calibration(pool, n_calib, seed)
     return stack_rgb(pool, read_selection(calib_list, pool))
@@ -44,21 +46,24 @@ def load_calibration(calib: str, size: tuple[int, int], n_calib: int, seed: int,
 
 def run_ptq(model_path: str | Path, profile: str, calib: str, n_calib: int, seed: int, out: str | Path,
             calib_list: str | Path | None = None, size: tuple[int, int] | None = None,
-            allow_pickle: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+            allow_pickle: bool = False, force: bool = False, progress: bool = True,
+            frames: slice | None = None) -> dict[str, Any]:
     """Simulate the vendor toolchain on a float checkpoint and save the QuantSim to ``out``."""
+    from npuq.io import check_output_folder
     from npuq.quant import simulate_ptq
     from npuq.quant.profile import load_profile
+    from npuq.quant.sim import SCALES_FILE
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise NpuqError(f"{out}: already exists; pass --force to overwrite")
+    out = check_output_folder(out, force, SCALES_FILE)
     prof = load_profile(profile)
     model, size = load_float_model(model_path, size, allow_pickle)
-    calib_rgb = load_calibration(calib, size, n_calib, seed, calib_list)
+    calib_rgb = load_calibration(calib, size, n_calib, seed, calib_list, frames)
     sim = simulate_ptq(model, prof, calib_rgb, progress=progress)
+    span = None if frames is None else [frames.start, frames.stop]
     model_ref = {"checkpoint": str(Path(model_path).resolve()), "sha256": file_sha256(model_path),
-                 "input_size": list(size), "calibration": {"pool": calib, "n": len(calib_rgb), "seed": seed}}
-    sim.save(out, model_ref=model_ref)
+                 "input_size": list(size), "calibration": {"pool": calib, "frames": span, "n": len(calib_rgb),
+                                                           "seed": seed}}
+    sim.save(out, model_ref=model_ref, force=force)
     return {"out": str(out), "profile": prof.name, "n_calib": len(calib_rgb),
             "quantizers": len(sim.quantizers), "unsupported_ops": list(sim.unsupported_ops)}
 
@@ -103,6 +108,10 @@ def build_sim(model_path: str | Path, quant_dir: str | Path | None, profile: str
     from npuq.quant import simulate_ptq
     from npuq.quant.profile import load_profile
 
+    if quant_dir and (profile or calib):
+        flags = " and ".join(f for f, v in (("--profile", profile), ("--calib", calib)) if v)
+        raise NpuqError(f"{flags}: not used with --quant {quant_dir} (its QuantSim already has a profile "
+                        "and calibration); give one or the other")
     model, size = load_float_model(model_path, size, allow_pickle)
     if quant_dir:
         return model, load_saved_quantsim(quant_dir, model, model_path), size
@@ -134,13 +143,18 @@ def analyze(model_path: str | Path, data: str, out: str | Path, metric_cfg, quan
 def export_onnx(model_path: str | Path, out: str | Path, quant_dir: str | Path | None = None,
                 qdq: bool = False, check_data: str | None = None, n_check: int = 8,
                 size: tuple[int, int] | None = None, allow_pickle: bool = False,
-                force: bool = False) -> dict[str, Any]:
-    """Write the float or QDQ ONNX model and cross-check it in ONNX Runtime."""
+                force: bool = False, min_agreement: float = QDQ_AGREEMENT_TARGET) -> dict[str, Any]:
+    """Write the float or QDQ ONNX model and cross-check it in ONNX Runtime.
+
+    A QDQ export whose standard-op outputs agree with the simulator (within one grid step) on fewer than
+    ``min_agreement`` of the elements is refused and not written: it would not run the simulated model."""
     import numpy as np
 
     from npuq.export.onnx_export import export_float_onnx, export_qdq_onnx
     from npuq.export.ort_check import compare_with_sim, fused_integer_ops, integer_op_count, run_onnx
+    from npuq.io import atomic_write, check_writable
 
+    check_writable(out, force)
     model, size = load_float_model(model_path, size, allow_pickle)
     names = list(model.head.output_names)
     check_rgb = (load_calibration(check_data, size, n_check, seed=0) if check_data
@@ -155,9 +169,19 @@ def export_onnx(model_path: str | Path, out: str | Path, quant_dir: str | Path |
     if not quant_dir:
         raise NpuqError("--onnx-qdq needs --quant (a folder from `npuq ptq`)")
     sim = load_saved_quantsim(quant_dir, model, model_path)
-    path = export_qdq_onnx(sim, size, out, force=force, output_names=names)
-    check = compare_with_sim(sim, path, check_rgb)
-    ops = fused_integer_ops(path)
+    checks = []
+
+    def export_checked(tmp: Path) -> None:
+        export_qdq_onnx(sim, size, tmp, force=True, output_names=names)
+        checks.append(compare_with_sim(sim, tmp, check_rgb))
+        if checks[0]["agreement"] < min_agreement:
+            raise NpuqError(f"{out}: ONNX Runtime agrees with the simulator on only "
+                            f"{100 * checks[0]['agreement']:.1f}% of the output elements (within one step; "
+                            f"--min-agreement {min_agreement:g}); not written")
+        checks.append(fused_integer_ops(tmp))
+
+    path = atomic_write(out, export_checked, force)
+    check, ops = checks
     return {"out": str(path), "outputs": names, "agreement_within_one_step": check["agreement"],
             "integer_kernel_agreement": check["integer_agreement"], "cpu_has_vnni": check["cpu_has_vnni"],
             "per_output": check["outputs"], "integer_ops": integer_op_count(ops), "ort_ops": ops}

@@ -118,4 +118,4 @@ def test_analyze_json_and_report_hold_the_per_head_table(workdir):
     assert "## (d) Representability per head" in md and "| `int-frac` | full range |" in md
     doc = json.loads((workdir / "analysis" / "analysis.json").read_text())
     assert [r["head"] for r in doc["representability_per_head"]] == list(rows)
-    one_line_error(invoke(*args), "report.md", "already exists")
+    one_line_error(invoke(*args), "analysis", "already exists")

@@ -284,6 +284,9 @@ class DepthDataset(Dataset):
         source_index = self.indices[index]
         rgb, depth, blame = self.source.load(source_index)
         check_depth_values(depth, blame)
+        if min(rgb.shape[:2]) < MIN_FRAME_SIDE or min(depth.shape[:2]) < MIN_FRAME_SIDE:
+            raise NpuqError(f"{blame}: frame is {rgb.shape[1]}x{rgb.shape[0]} (depth {depth.shape[1]}x"
+                            f"{depth.shape[0]}) pixels; npuq needs at least {MIN_FRAME_SIDE} on each side")
         rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255)
         if self.size is not None and tuple(rgb_t.shape[1:]) != self.size:
             rgb_t = F.interpolate(rgb_t[None], size=self.size, mode="bilinear", align_corners=False,
@@ -294,6 +297,15 @@ class DepthDataset(Dataset):
         if self.depth_at == "input" and tuple(depth_t.shape[1:]) != tuple(rgb_t.shape[1:]):
             depth_t = F.interpolate(depth_t[None], size=tuple(rgb_t.shape[1:]), mode="nearest-exact")[0]
         return {"rgb": rgb_t, "depth": depth_t, "name": self.source.name(source_index), "index": index}
+
+
+def check_has_depth(dataset: DepthDataset, label: str, probes: int = 16) -> None:
+    """Refuse a training set whose frames carry no valid depth (all zero): it would train on nothing.
+    Looks at ``probes`` frames spread over the set, so a few empty frames among good ones pass."""
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(probes, len(dataset))).round().astype(int))
+    if not any(bool((dataset[int(i)]["depth"] > 0).any()) for i in picks):
+        raise NpuqError(f"{label}: no valid depth (all zero) in any of {len(picks)} frames spread over the "
+                        "set; check the depth files and their scale")
 
 
 def _check_size(size) -> tuple[int, int] | None:
@@ -310,6 +322,9 @@ def _check_size(size) -> tuple[int, int] | None:
 
 # --------------------------------------------------------------------------------------------------
 # Format detection and per-format listing.
+
+
+MIN_FRAME_SIDE = 4  # pixels; a smaller frame is not a camera image (e.g. a 1x1 placeholder)
 
 
 def open_dataset(path: str | Path, size: tuple[int, int] | None = None, depth_at: str = "input",
@@ -503,6 +518,11 @@ def seven_scenes_frames(folder: Path) -> FileFrames:
         if color is None:
             raise NpuqError(f"{folder / (stem + '.color.jpg')}: missing colour image for {depth.name}")
         pairs.append(FramePair(stem, color, depth, 1000.0))
+    paired = {pair.rgb.name for pair in pairs}
+    unpaired = sorted(p.name for p in folder.glob("frame-*.color.*") if p.name not in paired)
+    if unpaired:
+        raise NpuqError(f"{folder / unpaired[0]}: no depth map for this colour image ({len(unpaired)} colour "
+                        f"images without frame-*.depth.png); every frame needs both")
     return FileFrames("7scenes", folder, pairs, invalid_value=SEVEN_SCENES_INVALID)
 
 

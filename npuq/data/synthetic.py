@@ -38,6 +38,7 @@ from npuq.progress import counter
 
 FAMILIES = ("indoor_room", "corridor", "street", "tabletop")
 MODES = ("random", "sequence")
+INDEX_FILE = "index.json"
 INDEX_FORMAT = "npuq-synth/1"
 DEPTH_SCALE = 1000.0  # depth PNG units per metre (millimetres)
 
@@ -1123,30 +1124,32 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NpuqError(f"{out_dir}: exists and is not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise NpuqError(f"{out_dir}: already exists and is not empty; pass --force to overwrite")
-
-
 def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, size: tuple[int, int],
                             force: bool = False, progress: bool = True, mode: str = "random") -> Path:
     """Render ``n`` frames to ``out_dir``: rgb/NNNNNN.png, depth/NNNNNN.png (uint16 mm), index.json.
 
-    index.json is written last (atomically), so a folder without it is an interrupted run.
+    The folder appears as a whole when every frame is written (an interrupted run leaves nothing).
     """
-    out_dir = Path(out_dir)
+    from npuq.io import atomic_folder, check_output_folder
+
+    out_dir = check_output_folder(out_dir, force, INDEX_FILE)
     if n < 1:
         raise NpuqError(f"{out_dir}: number of frames must be positive, got {n}")
-    _check_out_dir(out_dir, force)
     config = SynthConfig(size=tuple(size), mode=mode)
     generator = make_generator(config, seed, n)
-    (out_dir / "rgb").mkdir(parents=True, exist_ok=True)
-    (out_dir / "depth").mkdir(exist_ok=True)
-    (out_dir / "index.json").unlink(missing_ok=True)
+    with atomic_folder(out_dir, force, INDEX_FILE) as tmp:
+        _render_frames(generator, config, seed, n, tmp, progress, out_dir.name)
+    return out_dir
+
+
+def _render_frames(generator, config: SynthConfig, seed: int, n: int, out_dir: Path, progress: bool,
+                   label: str) -> None:
+    from npuq.io import write_json
+
+    (out_dir / "rgb").mkdir()
+    (out_dir / "depth").mkdir()
     frames = []
-    with counter(progress, n, f"rendering {out_dir.name}") as advance:
+    with counter(progress, n, f"rendering {label}") as advance:
         for i in range(n):
             frame = generator.frame(i)
             name = frame_name(i)
@@ -1155,12 +1158,9 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int, size: tuple[
             files = {"rgb": f"rgb/{name}.png", "depth": f"depth/{name}.png"}
             frames.append({"name": name, **files, **frame.meta})
             advance()
-    from npuq.io import write_json
-
     index = {"format": INDEX_FORMAT, "seed": int(seed), "size": list(config.size),
              "config": config.to_dict(), "depth_scale": DEPTH_SCALE, "frames": frames}
-    if mode == "sequence":
+    if config.mode == "sequence":
         index["parts"] = {part: [r.start, r.stop] for part in SEQUENCE_PARTS
                           if (r := sequence_part(n, part, len(config.families)))}
-    write_json(out_dir / "index.json", index)
-    return out_dir
+    write_json(out_dir / INDEX_FILE, index)

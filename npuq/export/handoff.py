@@ -19,15 +19,21 @@ the first ``n_check`` calibration images; the largest absolute difference is in 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from npuq.errors import NpuqError
-from npuq.io import atomic_write, file_sha256, write_bytes, write_json, write_text
+from npuq.io import (
+    atomic_folder,
+    check_output_folder,
+    file_sha256,
+    write_bytes,
+    write_json,
+    write_npy,
+    write_text,
+)
 from npuq.progress import track
 
 FORMAT = "npuq-handoff/1"
@@ -38,27 +44,6 @@ BIN_LIST = "calib_bin_list.txt"
 FRAMES_LIST = "calib_frames.txt"
 MANIFEST = "handoff.json"
 README = "README.md"
-STALE_CALIB = re.compile(r"^\d{4,}\.(npy|bin)$")
-
-
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NpuqError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise NpuqError(f"{out_dir}: folder is not empty; pass --force to overwrite")
-
-
-def _remove_stale_calib(calib_dir: Path) -> None:
-    """Drop calibration files of an earlier hand-off so a smaller set leaves no leftovers."""
-    if calib_dir.is_dir():
-        for path in calib_dir.iterdir():
-            if path.is_file() and STALE_CALIB.match(path.name):
-                path.unlink()
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a temp file name
-        np.save(fh, array, allow_pickle=False)
 
 
 def calibration_indices(pool, calib_list: str | Path | None, n_calib: int, seed: int) -> list[int]:
@@ -76,7 +61,7 @@ def write_calibration_arrays(pool, indices: list[int], out_dir: Path, progress: 
     for k, index in enumerate(track(indices, "writing calibration set", progress)):
         array = np.ascontiguousarray(pool[index]["rgb"][None].numpy(), dtype=np.float32)
         stem = f"{CALIB_DIR}/{k:0{width}d}"
-        atomic_write(out_dir / f"{stem}.npy", lambda p, a=array: _save_npy(p, a))
+        write_npy(out_dir / f"{stem}.npy", array)
         write_bytes(out_dir / f"{stem}.bin", array.astype("<f4").tobytes(order="C"))
         stems.append(stem)
     return stems
@@ -123,7 +108,7 @@ def preprocessing(size: tuple[int, int]) -> dict[str, Any]:
 def export_handoff(model_path: str | Path, calib_pool: str, calib_list: str | Path | None,
                    out_dir: str | Path, n_calib: int = 100, seed: int = 0,
                    size: tuple[int, int] | None = None, force: bool = False, allow_pickle: bool = False,
-                   n_check: int = 4, progress: bool = False) -> dict[str, Any]:
+                   n_check: int = 4, progress: bool = False, frames: slice | None = None) -> dict[str, Any]:
     """Write the float ONNX model and the calibration set (``.npy`` + ``.bin`` + lists + README).
 
     The calibration frames are those listed in ``calib_list`` (one frame name per line, as written by
@@ -132,16 +117,22 @@ def export_handoff(model_path: str | Path, calib_pool: str, calib_list: str | Pa
     ``force``. Returns the manifest (also written as ``handoff.json``).
     """
     from npuq.data.datasets import open_dataset
-    from npuq.export.onnx_export import INPUT_NAME, OPSET, export_float_onnx
     from npuq.pipeline import load_float_model
 
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir, force)
+    out_dir = check_output_folder(out_dir, force, MANIFEST)
     model, size = load_float_model(model_path, size, allow_pickle)
-    pool = open_dataset(calib_pool, size=size)
+    pool = open_dataset(calib_pool, size=size, frames=frames)
     indices = calibration_indices(pool, calib_list, n_calib, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_calib(out_dir / CALIB_DIR)
+    with atomic_folder(out_dir, force, MANIFEST) as tmp:
+        manifest = _write_handoff(model, model_path, size, pool, indices, calib_pool, calib_list, seed, tmp,
+                                  n_check, progress)
+    return {**manifest, "out_dir": str(out_dir)}
+
+
+def _write_handoff(model, model_path, size, pool, indices, calib_pool, calib_list, seed, out_dir: Path,
+                   n_check: int, progress: bool) -> dict[str, Any]:
+    from npuq.export.onnx_export import INPUT_NAME, OPSET, export_float_onnx
+
     output_names = list(model.head.output_names)
     onnx_path = export_float_onnx(model, size, out_dir / MODEL_FILE, output_names=output_names, force=True)
     stems = write_calibration_arrays(pool, indices, out_dir, progress)
@@ -165,9 +156,9 @@ def export_handoff(model_path: str | Path, calib_pool: str, calib_list: str | Pa
         "check": {"images": len(check_rgb),
                   "max_abs_diff_onnxruntime_vs_torch": check_onnx_vs_torch(model, onnx_path, check_rgb)},
     }
-    write_json(out_dir / MANIFEST, manifest)
     write_text(out_dir / README, render_readme(manifest, model))
-    return {**manifest, "out_dir": str(out_dir)}
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
 
 
 def _decode_text(model) -> str:

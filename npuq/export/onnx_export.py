@@ -68,13 +68,13 @@ def count_outputs(model: nn.Module, rgb: torch.Tensor) -> int:
 
 
 def trace_to_onnx(model: nn.Module, rgb: torch.Tensor, output_names: list[str],
-                  path: Path) -> onnx.ModelProto:
+                  path: Path, input_name: str = INPUT_NAME) -> onnx.ModelProto:
     """Run the TorchScript exporter in memory; ``path`` only names the target in error messages."""
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (rgb,), buffer, input_names=[INPUT_NAME], output_names=output_names,
+            torch.onnx.export(model, (rgb,), buffer, input_names=[input_name], output_names=output_names,
                               opset_version=OPSET, do_constant_folding=True, dynamo=False)
     except NpuqError:
         raise

@@ -63,7 +63,7 @@ import yaml
 from torch import nn
 
 from npuq.errors import NpuqError
-from npuq.io import write_json, write_text
+from npuq.io import atomic_folder, write_json, write_text
 from npuq.progress import track
 from npuq.quant.bias_correction import measure_output_shift, output_means
 from npuq.quant.cle import CLEReport, equalize
@@ -80,6 +80,7 @@ from npuq.quant.profile import QuantProfile, profile_from_dict
 from npuq.quant.quantizer import IntGrid, fake_quant, fake_quant_per_channel, scale_zero_point
 
 FORMAT = "npuq-quantsim/1"
+SCALES_FILE = "scales.json"  # written last: a folder holding it is a whole QuantSim
 MODES = ("int", "fp16", "float")
 CALIB_BATCH = 16
 
@@ -598,13 +599,13 @@ class QuantSim(nn.Module):
         }
 
     def save(self, out_dir: str | Path, model_ref: dict[str, Any] | None = None, force: bool = True) -> Path:
-        """Write ``scales.json``, ``profile.yaml`` and ``model.json`` (each atomically) into ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "scales.json", self.scales_payload(), force)
-        write_text(out / "profile.yaml", self.profile.to_yaml(), force)
-        write_json(out / "model.json", model_ref or {}, force)
-        return out
+        """Write ``scales.json``, ``profile.yaml`` and ``model.json`` into ``out_dir``, as a whole: an
+        interrupted save leaves the earlier QuantSim (or nothing), never a mix."""
+        with atomic_folder(out_dir, force, SCALES_FILE) as tmp:
+            write_text(tmp / "profile.yaml", self.profile.to_yaml())
+            write_json(tmp / "model.json", model_ref or {})
+            write_json(tmp / SCALES_FILE, self.scales_payload())
+        return Path(out_dir)
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -940,7 +941,7 @@ def _restore_bias_corrections(sim: QuantSim, corrections: Any, path: Path) -> No
 def load_quantsim(out_dir: str | Path, model: nn.Module) -> QuantSim:
     """Rebuild the QuantSim saved in ``out_dir`` from the float ``model`` (no calibration)."""
     out = Path(out_dir)
-    scales_path = out / "scales.json"
+    scales_path = out / SCALES_FILE
     data = _read_json(scales_path)
     if data.get("format") != FORMAT:
         raise NpuqError(f"{scales_path}: format is {data.get('format')!r}, expected {FORMAT!r}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from npuq.errors import NpuqError
-from npuq.io import atomic_write, check_folder_writable, write_json, write_text
+from npuq.io import atomic_folder, atomic_write, check_output_folder, write_json, write_text
 
 REPORT_MD = "report.md"
 ANALYSIS_JSON = "analysis.json"
@@ -660,7 +660,7 @@ def json_ready(obj: Any) -> Any:
 
 def check_report_writable(out_dir: str | Path, force: bool) -> Path:
     """Refuse before any work when a report is already in ``out_dir`` and ``force`` is off."""
-    return check_folder_writable(out_dir, REPORT_FILES, force)
+    return check_output_folder(out_dir, force, ANALYSIS_JSON)
 
 
 def write_analysis_report(out_dir: str | Path, sqnr_rows: Sequence[dict[str, Any]] | None,
@@ -675,30 +675,28 @@ def write_analysis_report(out_dir: str | Path, sqnr_rows: Sequence[dict[str, Any
     ``{"out_dir", "files", "findings"}``.
     """
     out_dir = check_report_writable(out_dir, force)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sqnr_rows, budget_rows = list(sqnr_rows or []), list(budget_rows or [])
     per_head = list(per_head or [])
     findings = all_findings(sqnr_rows, budget_rows, representability, per_head)
     plots: list[tuple[str, bool, Callable[[Path], None]]] = [
-        ("sqnr", bool(sqnr_rows), lambda p: plot_sqnr(sqnr_rows, p)),
-        ("budget", bool(group_rows(budget_rows)), lambda p: plot_budget(budget_rows, p)),
-        ("representability", bool(representability), lambda p: plot_representability(representability, p)),
-        ("per_head", bool(per_head), lambda p: plot_per_head(per_head, p)),
+        (SQNR_PNG, bool(sqnr_rows), lambda p: plot_sqnr(sqnr_rows, p)),
+        (BUDGET_PNG, bool(group_rows(budget_rows)), lambda p: plot_budget(budget_rows, p)),
+        (REPR_PNG, bool(representability), lambda p: plot_representability(representability, p)),
+        (HEADS_PNG, bool(per_head), lambda p: plot_per_head(per_head, p)),
     ]
-    names = {"sqnr": SQNR_PNG, "budget": BUDGET_PNG, "representability": REPR_PNG, "per_head": HEADS_PNG}
-    files = []
-    for key, wanted, plot in plots:
-        if wanted:
-            plot(out_dir / names[key])
-            files.append(out_dir / names[key])
-        else:  # a stale plot of an earlier (forced-over) report must not sit next to this one
-            (out_dir / names[key]).unlink(missing_ok=True)
-    plotted = {key: wanted for key, wanted, _ in plots}
+    keys = {SQNR_PNG: "sqnr", BUDGET_PNG: "budget", REPR_PNG: "representability", HEADS_PNG: "per_head"}
     doc = {"format": FORMAT, "meta": meta, "findings": findings, "sqnr": sqnr_rows, "budget": budget_rows,
            "representability": representability, "representability_per_head": per_head}
-    files.append(write_json(out_dir / ANALYSIS_JSON, json_ready(doc)))
+    plotted = {keys[name]: wanted for name, wanted, _ in plots}
     md = render_markdown(meta, sqnr_rows, budget_rows, representability, findings, plotted, per_head)
-    files.append(write_text(out_dir / REPORT_MD, md))
+    with atomic_folder(out_dir, force, ANALYSIS_JSON) as tmp:
+        for name, wanted, plot in plots:
+            if wanted:
+                plot(tmp / name)
+        write_text(tmp / REPORT_MD, md)
+        write_json(tmp / ANALYSIS_JSON, json_ready(doc))
+    files = [out_dir / name for name, wanted, _ in plots if wanted] + [out_dir / ANALYSIS_JSON,
+                                                                        out_dir / REPORT_MD]
     return {"out_dir": str(out_dir), "files": [str(f) for f in files], "findings": findings}
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from npuq.data.calib import Selection, kcenter_radius, nearest_pick_distance
 from npuq.errors import NpuqError
-from npuq.io import check_folder_writable, write_json, write_text
+from npuq.io import atomic_folder, check_output_folder, write_json, write_text
 from npuq.report.analyze import save_png
 
 FORMAT = "npuq-calib-report/1"
@@ -277,7 +277,7 @@ def _check_inputs(pool, selection: Selection, baseline: Selection) -> None:
 
 def check_report_writable(out_dir: str | Path, force: bool) -> Path:
     """Refuse before any work when a report is already in ``out_dir`` and ``force`` is off."""
-    return check_folder_writable(out_dir, REPORT_FILES, force)
+    return check_output_folder(out_dir, force, REPORT_JSON)
 
 
 def write_calib_report(out_dir: str | Path, pool, selection: Selection, random_baseline: Selection,
@@ -288,7 +288,6 @@ def write_calib_report(out_dir: str | Path, pool, selection: Selection, random_b
     """
     _check_inputs(pool, selection, random_baseline)
     out_dir = check_report_writable(out_dir, force)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stats = selection.stats
     coords, shares = pca_2d(stats.descriptors)
     pool_families = [f for f in stats.families if f is not None]
@@ -309,11 +308,12 @@ def write_calib_report(out_dir: str | Path, pool, selection: Selection, random_b
                      "metrics": pick_metrics(selection, random_baseline.indices)},
         "pca_variance": shares,
     }
-    plot_brightness(selection, random_baseline, out_dir / BRIGHTNESS_PNG)
-    plot_depth(selection, random_baseline, out_dir / DEPTH_PNG)
-    plot_features(selection, random_baseline, coords, shares, out_dir / FEATURES_PNG)
-    write_json(out_dir / REPORT_JSON, _json_ready(doc))
-    write_text(out_dir / REPORT_MD, render_markdown(doc))
+    with atomic_folder(out_dir, force, REPORT_JSON) as tmp:
+        plot_brightness(selection, random_baseline, tmp / BRIGHTNESS_PNG)
+        plot_depth(selection, random_baseline, tmp / DEPTH_PNG)
+        plot_features(selection, random_baseline, coords, shares, tmp / FEATURES_PNG)
+        write_text(tmp / REPORT_MD, render_markdown(doc))
+        write_json(tmp / REPORT_JSON, _json_ready(doc))
     return {**doc, "out_dir": str(out_dir), "files": [str(out_dir / name) for name in REPORT_FILES]}
 
 

@@ -46,6 +46,7 @@ class FitConfig:
     optimizer: str = "adamw"
     seed: int = 0
     augment: bool = True
+    max_grad_norm: float | None = None  # clip the total gradient L2 norm to this (None: never)
     label: str = "training"
 
     def __post_init__(self) -> None:
@@ -209,6 +210,9 @@ def _step(model: nn.Module, dataset: Any, objective: Objective, cfg: FitConfig, 
                         "lower the learning rate")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if cfg.max_grad_norm is not None:
+        params = [p for group in state.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     state.optimizer.step()
     state.scheduler.step()
     state.step += 1

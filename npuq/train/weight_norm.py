@@ -269,7 +269,7 @@ def finetune_weight_norm(model_path: str | Path, data: str, cfg: WeightNormConfi
     input size is found) and whose ``extra["weight_norm"]`` holds the config, the losses and the
     per-layer imbalance / per-tensor SQNR before and after.
     """
-    from npuq.data.datasets import open_dataset
+    from npuq.data.datasets import check_has_depth, open_dataset
     from npuq.models.checkpoint import load_model, save_checkpoint
     from npuq.pipeline import training_size
 
@@ -280,6 +280,7 @@ def finetune_weight_norm(model_path: str | Path, data: str, cfg: WeightNormConfi
     tcfg = _train_config(model, model_path, data, cfg, size, out)
     frames = slice(*cfg.frames) if cfg.frames else None
     dataset = open_dataset(data, size=tcfg.size, depth_at="input", frames=frames)
+    check_has_depth(dataset, str(data))
     before = _weight_report(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

@@ -167,11 +167,17 @@ def test_write_then_read_round_trip(tmp_path):
         assert dataset.meta[i]["brightness"] == frame.meta["brightness"]
 
 
-def test_writer_refuses_a_non_empty_folder_without_force(tmp_path):
+def test_writer_replaces_only_its_own_output_and_only_with_force(tmp_path):
     out = tmp_path / "set"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(NpuqError, match="not empty"):
+    with pytest.raises(NpuqError, match="already exists; pass --force"):
         write_synthetic_dataset(out, n=1, seed=0, size=(32, 40), progress=False)
+    with pytest.raises(NpuqError, match="npuq did not write"):
+        write_synthetic_dataset(out, n=1, seed=0, size=(32, 40), force=True, progress=False)
+    assert (out / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "own"
+    write_synthetic_dataset(out, n=3, seed=0, size=(32, 40), progress=False)
     write_synthetic_dataset(out, n=1, seed=0, size=(32, 40), force=True, progress=False)
-    assert (out / "index.json").is_file() and (out / "depth" / "000000.png").is_file()
+    assert sorted(p.name for p in (out / "depth").iterdir()) == ["000000.png"]  # replaced as a whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own", "set"]  # no temporaries left

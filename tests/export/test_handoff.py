@@ -72,7 +72,7 @@ def test_manifest_and_readme_state_the_contract(handoff):
 
 def test_calib_list_picks_the_frames_and_force_replaces_the_set(tmp_path, tiny_checkpoint, handoff):
     out, _ = handoff
-    with pytest.raises(NpuqError, match="not empty"):
+    with pytest.raises(NpuqError, match="already exists; pass --force"):
         export_handoff(tiny_checkpoint, POOL, None, out, n_calib=2)
     pool = open_dataset(POOL, size=(64, 64))
     selection = select_calibration(pool, 2, "stratified", seed=0)

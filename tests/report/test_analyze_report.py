@@ -142,7 +142,7 @@ def test_per_head_table_marks_misassignment_na_for_other_heads(tmp_path):
 def test_refuses_to_overwrite_without_force(tmp_path):
     write_analysis_report(tmp_path, [], budget_rows(), None, {})
     before = (tmp_path / "report.md").read_text()
-    with pytest.raises(NpuqError, match="report.md: already exists"):
+    with pytest.raises(NpuqError, match=f"{tmp_path}: already exists"):
         write_analysis_report(tmp_path, sqnr_rows([40.0, 30.0]), budget_rows(), None, {})
     assert (tmp_path / "report.md").read_text() == before
     write_analysis_report(tmp_path, sqnr_rows([40.0, 30.0]), budget_rows(), None, {}, force=True)
