@@ -10,6 +10,7 @@ PTQ on test frames no step saw. Prints what each phase bought and where the repo
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
-        small = cls(n_frames=800, steps=250, plan="demo-quick")
+        small = cls(n_frames=640, steps=250, plan="demo-quick")
         return dataclasses.replace(small, **changes)
 
     def spec(self, part: str) -> str:
@@ -83,7 +84,10 @@ def reference_model(cfg: DemoConfig, console) -> Path:
     console.print(f"model: training DepthResNet-18 for {cfg.steps} steps at {cfg.size[0]}x{cfg.size[1]} "
                   f"-> {ckpt}", markup=False)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    return train(tcfg, progress=True)
+    start = time.monotonic()
+    path = train(tcfg, progress=True)
+    console.print(f"model: trained in {time.monotonic() - start:.0f} s", markup=False)
+    return path
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
