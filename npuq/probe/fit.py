@@ -219,11 +219,12 @@ def fit_range(kit: Kit, device, profile: QuantProfile):
             options.append((max(_relative_miss(levels[name], sims[name]) for name in RANGE_PROBES), sims))
         residuals[label], predicted[label] = min(options, key=lambda option: option[0])
     best = min(residuals, key=residuals.get)
-    confidence = _confidence(residuals, best, tolerance=RANGE_TOLERANCE)
-    rivals = sorted(residuals, key=residuals.get)[1:4]
+    ties = [k for k in residuals if k != best and residuals[k] - residuals[best] < 1e-9]
+    distinct = {k: v for k, v in residuals.items() if k not in ties}  # a tie is the same calibrator here
+    confidence = _confidence(distinct, best, tolerance=RANGE_TOLERANCE)
+    rivals = sorted(distinct, key=distinct.get)[1:4]
     lines = [f"{name}: saturates at {_span(levels[name])}; {best} predicts {_span(predicted[best][name])}, "
              + ", ".join(f"{r} {_span(predicted[r][name])}" for r in rivals) for name in RANGE_PROBES]
-    ties = [k for k in residuals if k != best and residuals[k] - residuals[best] < 1e-9]
     if ties:  # e.g. ONNX Runtime's entropy with its 128 bins over the whole set: one window, min/max
         lines.append(f"{', '.join(ties)} give{'s' if len(ties) == 1 else ''} the same thresholds here")
     fit = FieldFit("activations.range", best, confidence, "; ".join(lines), residuals)
