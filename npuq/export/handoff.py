@@ -54,15 +54,21 @@ def calibration_indices(pool, calib_list: str | Path | None, n_calib: int, seed:
     return random_indices(len(pool), n_calib, seed)
 
 
+def write_tensor(stem: Path, array: np.ndarray) -> None:
+    """``stem.npy`` and ``stem.bin`` (raw little-endian float32, C order) of one input tensor: the two
+    forms vendor toolchains take a calibration or probe input in."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    write_npy(stem.with_name(stem.name + ".npy"), array)
+    write_bytes(stem.with_name(stem.name + ".bin"), array.astype("<f4").tobytes(order="C"))
+
+
 def write_calibration_arrays(pool, indices: list[int], out_dir: Path, progress: bool = False) -> list[str]:
     """``calib/NNNN.npy`` and ``.bin`` per frame; returns the file stems relative to ``out_dir``."""
     width = max(4, len(str(len(indices) - 1)))
     stems = []
     for k, index in enumerate(track(indices, "writing calibration set", progress)):
-        array = np.ascontiguousarray(pool[index]["rgb"][None].numpy(), dtype=np.float32)
         stem = f"{CALIB_DIR}/{k:0{width}d}"
-        write_npy(out_dir / f"{stem}.npy", array)
-        write_bytes(out_dir / f"{stem}.bin", array.astype("<f4").tobytes(order="C"))
+        write_tensor(out_dir / stem, pool[index]["rgb"][None].numpy())
         stems.append(stem)
     return stems
 

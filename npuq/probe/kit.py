@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from npuq.errors import NpuqError
-from npuq.io import atomic_folder, check_output_folder, write_bytes, write_json, write_npy, write_text
+from npuq.io import atomic_folder, check_output_folder, write_json, write_text
 from npuq.probe.probes import FP16_LAYER, PROBES, PROBES_BY_NAME, Probe
 
 FORMAT = "npuq-probe-kit/1"
@@ -48,6 +48,7 @@ def export_kit(out_dir: str | Path, force: bool = False) -> dict[str, Any]:
 
 
 def _write_probe(probe: Probe, out: Path) -> dict[str, Any]:
+    from npuq.export.handoff import write_tensor
     from npuq.export.onnx_export import save_onnx, trace_to_onnx
 
     folder = out / probe.name
@@ -59,12 +60,12 @@ def _write_probe(probe: Probe, out: Path) -> dict[str, Any]:
     calib = probe.calibration_set()
     stems = [f"calib/{i:04d}" for i in range(len(calib))]
     for stem, frame in zip(stems, calib, strict=True):
-        _write_tensor(folder / stem, frame[None])
+        write_tensor(folder / stem, frame[None])
     write_text(folder / "calib_list.txt", "".join(f"{s}.npy\n" for s in stems))
     write_text(folder / "calib_bin_list.txt", "".join(f"{s}.bin\n" for s in stems))
     inputs = probe.probe_inputs()
     for name, array in inputs.items():
-        _write_tensor(folder / "inputs" / name, array)
+        write_tensor(folder / "inputs" / name, array)
     return {"name": probe.name, "reveals": probe.reveals, "note": probe.note,
             "model": f"{probe.name}/model.onnx",
             "input_shape": [1, probe.channels, *calib.shape[2:]], "outputs": names,
@@ -72,12 +73,6 @@ def _write_probe(probe: Probe, out: Path) -> dict[str, Any]:
                             "bin_list": f"{probe.name}/calib_bin_list.txt"},
             "inputs": {name: f"{probe.name}/inputs/{name}.npy" for name in inputs},
             "expected_outputs": [f"{probe.name}/{i}.{o}.npy" for i in inputs for o in names]}
-
-
-def _write_tensor(stem: Path, array: np.ndarray) -> None:
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    write_npy(stem.with_suffix(".npy"), array)
-    write_bytes(stem.with_suffix(".bin"), array.astype("<f4").tobytes(order="C"))
 
 
 def load_manifest(kit_dir: str | Path) -> dict[str, Any]:
