@@ -256,3 +256,19 @@ def test_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"npuq {version('npuq')}"
+
+
+def test_a_qdq_export_that_disagrees_with_the_simulator_is_refused_and_not_written(shared, tmp_path,
+                                                                                    monkeypatch):
+    import npuq.export.ort_check as ort_check
+
+    real = ort_check.compare_with_sim
+    monkeypatch.setattr(ort_check, "compare_with_sim", lambda *a, **k: {**real(*a, **k), "agreement": 0.74})
+    args = render("export --model {m} --onnx-qdq --quant {q} --out {c}/x.onnx", tmp_path, shared)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: ")
+    assert "74.0% of the output elements" in result.output and "not written" in result.output
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(ort_check, "compare_with_sim", real)
+    assert runner.invoke(app, [*args, "--min-agreement", "0.99"]).exit_code == 0
+    assert (tmp_path / "x.onnx").is_file()
