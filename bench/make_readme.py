@@ -89,8 +89,8 @@ LEGACY_KL = ("- calibrator: `kl` here is npuq's search before the calibrator var
 
 
 # Measured on the earlier synthetic default (random worlds, 128x160, FP32 0.35): rerun pending.
-OLD_SYNTHETIC = ("calib-sweep-synthetic", "calib-thresholds-synthetic", "weight-norm-synthetic",
-                 "weight-norm-layers-synthetic", "heads-synthetic", "ort-agreement", "ptq-cost")
+OLD_SYNTHETIC = ("weight-norm-synthetic",
+                 "weight-norm-layers-synthetic", "ort-agreement", "ptq-cost")
 OLD_SYNTHETIC_NOTE = ("- data: the earlier synthetic default (random worlds, 128x160, reference FP32 0.35), "
                       "not the sequences: rerun pending\n")
 
