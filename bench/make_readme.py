@@ -96,7 +96,8 @@ OLD_SYNTHETIC_NOTE = ("- data: the earlier synthetic default (random worlds, 128
 
 
 def main() -> None:
-    parts = [INTRO, (REPO / "bench" / "notes" / "calibrators.md").read_text()]
+    notes = REPO / "bench" / "notes"
+    parts = [INTRO, (notes / "calibrators.md").read_text(), (notes / "demo.md").read_text()]
     for title, name, command in SECTIONS:
         result = RESULTS / f"{name}.md"
         body = result.read_text() if result.exists() else "_not run yet_\n"
