@@ -47,27 +47,16 @@ ONNX_OPS = {"conv": "Conv", "elu": "Elu", "sigmoid": "Sigmoid", "relu": "Relu"}
 
 def ort_quantize(float_onnx: Path, calib: torch.Tensor, method: str, extra: dict, out: Path) -> float:
     """quantize_static on the float export; returns its wall seconds (calibration + quantization)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    class Frames(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(calib.numpy()[:, None])
-
-        def get_next(self):
-            item = next(self.items, None)
-            return None if item is None else {"rgb": item}
+    from npuq.probe.ort_device import frame_reader
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile 99.99": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     with Timer() as t:
-        quantize_static(str(float_onnx), str(out), Frames(), quant_format=QuantFormat.QDQ, per_channel=False,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        quantize_static(str(float_onnx), str(out), frame_reader(calib.numpy(), "rgb"),
+                        quant_format=QuantFormat.QDQ, per_channel=False, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
                         calibrate_method=methods[method],
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, **extra})
     return t.seconds

@@ -34,24 +34,25 @@ class OrtSettings:
         return f"{self.method}, {grid}, {'per-channel' if self.per_channel else 'per-tensor'}"
 
 
+def frame_reader(frames: np.ndarray, input_name: str):
+    """An ONNX Runtime ``CalibrationDataReader`` that feeds ``frames`` [N, C, H, W] one at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Frames(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{input_name: frame[None]} for frame in frames])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    return Frames()
+
+
 def run_onnxruntime_device(kit_dir: str | Path, out_dir: str | Path, settings: OrtSettings,
                            force: bool = False) -> Path:
     """Quantize every probe with ``quantize_static(settings)`` and save its outputs under ``out_dir``."""
     import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Frames(CalibrationDataReader):
-        def __init__(self, frames: np.ndarray, name: str):
-            self.items = iter([{name: frame[None]} for frame in frames])
-
-        def get_next(self):
-            return next(self.items, None)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     kit = Path(kit_dir)
     manifest = load_manifest(kit)
@@ -61,7 +62,7 @@ def run_onnxruntime_device(kit_dir: str | Path, out_dir: str | Path, settings: O
             quantized.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress to stdout
                 quantize_static(str(kit / entry["model"]), str(quantized),
-                                Frames(load_calibration(kit, entry), manifest["input_name"]),
+                                frame_reader(load_calibration(kit, entry), manifest["input_name"]),
                                 quant_format=QuantFormat.QDQ,
                                 activation_type=QuantType[settings.activation_type],
                                 weight_type=QuantType[settings.weight_type], per_channel=settings.per_channel,
