@@ -145,8 +145,12 @@ def save_checkpoint(path: str | Path, model: DepthResNet, extra: dict | None = N
     _check_plain(extra, f"{path}: extra", "extra")
     check_writable(path, force)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {"format": FORMAT, "config": dataclasses.asdict(model.config), "state_dict": state_dict,
-            "extra": extra}
+    config = dataclasses.asdict(model.config)
+    if not config["decoder_extra_channels"]:  # a plain Monodepth2 decoder: the file reads as before
+        del config["decoder_extra_channels"]
+    else:
+        config["decoder_extra_channels"] = list(config["decoder_extra_channels"])
+    ckpt = {"format": FORMAT, "config": config, "state_dict": state_dict, "extra": extra}
     return save_torch(path, ckpt, force=force)
 
 

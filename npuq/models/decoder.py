@@ -48,20 +48,27 @@ class DepthDecoder(nn.Module):
     """
 
     def __init__(self, num_ch_enc: list[int], num_ch_dec: tuple[int, ...] = NUM_CH_DEC, num_scales: int = 4,
-                 activation: str = "elu"):
+                 activation: str = "elu", extra_channels: tuple[int, ...] = ()):
         super().__init__()
         if len(num_ch_enc) != 5 or len(num_ch_dec) != 5:
             raise ValueError("DepthDecoder needs five encoder and five decoder channel counts")
         if not 1 <= num_scales <= 5:
             raise ValueError(f"num_scales must be in 1..5, got {num_scales}")
+        if extra_channels and (len(extra_channels) != 10 or min(extra_channels) < 0):
+            raise ValueError("extra_channels needs ten non-negative counts, one per block")
         self.num_ch_enc = list(num_ch_enc)
         self.num_ch_dec = list(num_ch_dec)
         self.num_scales = num_scales
+        # Channels a block has beyond Monodepth2's (the range-anchor rewrite adds constant ones).
+        extra = list(extra_channels) or [0] * 10
+        self.block_channels = [num_ch_dec[4 - b // 2] + extra[b] for b in range(10)]
         blocks = []
         for i in range(4, -1, -1):
-            in_0 = num_ch_enc[-1] if i == 4 else num_ch_dec[i + 1]
-            in_1 = num_ch_dec[i] + (num_ch_enc[i - 1] if i > 0 else 0)
-            blocks += [ConvBlock(in_0, num_ch_dec[i], activation), ConvBlock(in_1, num_ch_dec[i], activation)]
+            b = 2 * (4 - i)
+            in_0 = num_ch_enc[-1] if i == 4 else self.block_channels[b - 1]
+            in_1 = self.block_channels[b] + (num_ch_enc[i - 1] if i > 0 else 0)
+            blocks += [ConvBlock(in_0, self.block_channels[b], activation),
+                       ConvBlock(in_1, self.block_channels[b + 1], activation)]
         self.decoder = nn.ModuleList(blocks)
 
     def upconv(self, i: int, j: int) -> nn.Module:
@@ -71,7 +78,7 @@ class DepthDecoder(nn.Module):
     @property
     def scale_channels(self) -> list[int]:
         """Channels of the per-scale outputs, scale 0 first (what a head's ``in_channels`` must be)."""
-        return self.num_ch_dec[: self.num_scales]
+        return [self.block_channels[2 * (4 - s) + 1] for s in range(self.num_scales)]
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         x = features[-1]

@@ -33,6 +33,8 @@ class DepthNetConfig:
     max_depth: float = 100.0
     num_scales: int = 4
     activation: str = "elu"  # the decoder's nonlinearity (npuq.models.decoder.ACTIVATIONS)
+    # per decoder block: channels beyond Monodepth2's (range anchors) or () for none
+    decoder_extra_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.depth not in RESNET_LAYERS:
@@ -45,6 +47,10 @@ class DepthNetConfig:
                             f"got {self.min_depth}, {self.max_depth}")
         if not 1 <= self.num_scales <= 4:
             raise NpuqError(f"DepthNetConfig: num_scales must be in 1..4, got {self.num_scales}")
+        self.decoder_extra_channels = tuple(int(c) for c in self.decoder_extra_channels)
+        if self.decoder_extra_channels and (len(self.decoder_extra_channels) != 10
+                                            or min(self.decoder_extra_channels) < 0):
+            raise NpuqError("DepthNetConfig: decoder_extra_channels needs ten non-negative counts")
         if self.activation not in ACTIVATIONS:
             raise NpuqError(f"DepthNetConfig: activation must be one of {', '.join(ACTIVATIONS)}, "
                             f"got {self.activation!r}")
@@ -86,7 +92,8 @@ class DepthResNet(nn.Module):
         self.config = config or DepthNetConfig()
         self.encoder = RGBEncoder(self.config.depth)
         self.decoder = DepthDecoder(self.encoder.num_ch_enc, num_scales=self.config.num_scales,
-                                    activation=self.config.activation)
+                                    activation=self.config.activation,
+                                    extra_channels=self.config.decoder_extra_channels)
         self.head = build_head(self.config.head, self.decoder.scale_channels,
                                self.config.min_depth, self.config.max_depth)
 

@@ -6,6 +6,9 @@ NPU does with it:
 - ``weighted``: Conv1d/2d/3d, ConvTranspose1d/2d/3d, Linear (weights quantized, output stored);
 - ``bn``: BatchNorm left unfolded (a per-channel affine op, output stored);
 - ``relu``: ReLU, fused into a preceding weighted / bn / elementwise op whose only user it is;
+- ``clip``: a clamp to constant bounds (Clip, ReLU6, Hardtanh), fused into a preceding weighted / bn /
+  elementwise / activation op (after its fused ReLU) whose only user it is, so that only the clipped
+  tensor is stored: the fusions npuq assumes of every NPU profile (conv+ReLU+Clip, ELU+Clip);
 - ``activation``: ELU, sigmoid, tanh, leaky ReLU, ReLU6, SiLU, hard-swish/sigmoid, PReLU;
 - ``eltwise``: tensor-tensor add / sub / mul; ``scalar``: a tensor with a Python number (chains of
   these, like input normalisation ``(x - m) / s``, fuse into one op);
@@ -45,7 +48,7 @@ WEIGHTED_MODULES: dict[type, str] = {
 FOLDABLE_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ACTIVATION_MODULES: dict[type, str] = {
     nn.ELU: "elu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.LeakyReLU: "leaky_relu",
-    nn.ReLU6: "relu6", nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
+    nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
     nn.PReLU: "prelu",
 }
 RESIZE_MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
@@ -68,7 +71,7 @@ MOVEMENT_MODULES = PAD_MODULES + (
 RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.elu: "elu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
-    F.leaky_relu: "leaky_relu", F.relu6: "relu6", F.silu: "silu", F.hardswish: "hardswish",
+    F.leaky_relu: "leaky_relu", F.silu: "silu", F.hardswish: "hardswish",
     F.hardsigmoid: "hardsigmoid", F.prelu: "prelu",
 }
 ARITH_FUNCTIONS: dict[Any, str] = {
@@ -91,6 +94,9 @@ MOVEMENT_FUNCTIONS = {
     torch.split, torch.chunk, torch.unbind, torch.narrow, torch.movedim, torch.t, F.dropout, F.dropout2d,
 }
 RELU_METHODS = {"relu", "relu_"}
+CLIP_MODULES = (nn.ReLU6, nn.Hardtanh)  # ReLU6 subclasses Hardtanh
+CLIP_FUNCTIONS = {torch.clamp, torch.clip, F.relu6, F.hardtanh}
+CLIP_METHODS = {"clamp", "clip"}
 ACTIVATION_METHODS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh"}
 ARITH_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
                  "div": "div", "div_": "div"}
@@ -102,8 +108,10 @@ MOVEMENT_METHODS = {
 
 # Ops that a ReLU directly after them fuses into (no stored tensor between).
 RELU_FUSING = {"weighted", "bn", "eltwise"}
+# Ops that a constant clamp directly after them (or after their fused ReLU) fuses into.
+CLIP_FUSING = {"weighted", "bn", "eltwise", "activation"}
 # Categories whose output the NPU stores, so they get an activation quantizer.
-COMPUTE = {"weighted", "bn", "relu", "activation", "eltwise", "scalar", "cat", "resize", "pool",
+COMPUTE = {"weighted", "bn", "relu", "clip", "activation", "eltwise", "scalar", "cat", "resize", "pool",
            "unsupported"}
 
 
@@ -197,6 +205,8 @@ def _classify_module(mod: nn.Module) -> NodeInfo:
         return NodeInfo("bn", "batchnorm", name)
     if isinstance(mod, nn.ReLU):
         return NodeInfo("relu", "relu", name)
+    if isinstance(mod, CLIP_MODULES):
+        return NodeInfo("clip", "clip", name)
     for table, category in ((ACTIVATION_MODULES, "activation"), (POOL_MODULES, "pool")):
         for cls, op in table.items():
             if isinstance(mod, cls):
@@ -216,6 +226,8 @@ def _classify_function(node: fx.Node) -> NodeInfo:
     fn, name = node.target, _function_name(node.target)
     if fn in RELU_FUNCTIONS:
         return NodeInfo("relu", "relu", name)
+    if fn in CLIP_FUNCTIONS:
+        return _classify_clip(node, name)
     if fn in ACTIVATION_FUNCTIONS:
         return NodeInfo("activation", ACTIVATION_FUNCTIONS[fn], name)
     if fn in ARITH_FUNCTIONS:
@@ -235,6 +247,8 @@ def _classify_method(node: fx.Node) -> NodeInfo:
     name = str(node.target)
     if name in RELU_METHODS:
         return NodeInfo("relu", "relu", name)
+    if name in CLIP_METHODS:
+        return _classify_clip(node, name)
     if name in ACTIVATION_METHODS:
         return NodeInfo("activation", ACTIVATION_METHODS[name], name)
     if name in ARITH_METHODS:
@@ -242,6 +256,14 @@ def _classify_method(node: fx.Node) -> NodeInfo:
     if name in MOVEMENT_METHODS:
         return NodeInfo("movement", name, name)
     return NodeInfo("unsupported", name, name)
+
+
+def _classify_clip(node: fx.Node, name: str) -> NodeInfo:
+    """A clamp whose bounds are numbers (or absent) is a Clip; tensor bounds are not an NPU op."""
+    bounds = [*node.args[1:], *node.kwargs.values()]
+    if any(isinstance(b, fx.Node) for b in bounds):
+        return NodeInfo("unsupported", name, name)
+    return NodeInfo("clip", "clip", name)
 
 
 def _classify_arith(node: fx.Node, op: str, name: str) -> NodeInfo:
@@ -384,6 +406,12 @@ class _Planner:
         if info.category in RELU_FUSING and user_category == "relu":
             anchor = user
             ops.append("relu")
+            self.fused.add(user)
+            user = single_user(anchor)
+            user_category = classify(user, self.modules).category if user is not None else None
+        if info.category in CLIP_FUSING and user_category == "clip":
+            anchor = user
+            ops.append("clip")
             self.fused.add(user)
         supported = info.category != "unsupported"
         layer = self.layer_of(start)

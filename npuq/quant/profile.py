@@ -230,3 +230,22 @@ def load_profile(name_or_path: str | Path) -> QuantProfile:
     if profile.name == "custom":
         profile = profile.replace(name=path.stem)
     return profile
+
+
+# The activation calibrators a black-box toolchain may run, as changes to a profile's activations.
+CALIBRATOR_VARIANTS: dict[str, dict[str, Any]] = {
+    "kl/tensorrt": {"range": "kl", "kl_variant": "tensorrt", "hist_bins": None},
+    "kl/onnxruntime": {"range": "kl", "kl_variant": "onnxruntime", "hist_bins": None},
+    "mse": {"range": "mse", "mse_variant": "npuq"},
+    "percentile 99.99": {"range": "percentile", "percentile": 99.99, "percentile_variant": "npuq"},
+    "minmax": {"range": "minmax"},
+}
+
+
+def calibrator_variants(profile: QuantProfile, asymmetric: bool = True) -> dict[str, QuantProfile]:
+    """``profile`` under each calibrator of ``CALIBRATOR_VARIANTS``, plus (``asymmetric``) its own
+    calibrator on an unsigned grid with a zero-point (``asym``)."""
+    variants = {name: profile.replace(activations=changes) for name, changes in CALIBRATOR_VARIANTS.items()}
+    if asymmetric:
+        variants["asym"] = profile.replace(activations={"symmetric": False})
+    return variants

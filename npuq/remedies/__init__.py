@@ -3,7 +3,17 @@
 Importing the package registers the built-in remedies (``REMEDIES``); ``apply_remedy`` runs one.
 """
 
-from npuq.remedies import activation, best, calibration, distill, head, qaf, weight_norm  # noqa: F401
+from npuq.remedies import (  # noqa: F401
+    activation,
+    best,
+    calibration,
+    distill,
+    head,
+    mixed_precision,
+    qaf,
+    range_anchor,
+    weight_norm,
+)
 from npuq.remedies.base import (
     REMEDIES,
     CalibSet,

@@ -203,9 +203,6 @@ class Remedy:
 
 
 REMEDIES: dict[str, Remedy] = {}
-# Named in the user's plan or in npuq's roadmap but not built yet: plans naming them fail clearly.
-PLANNED = {"mixed-precision": "FP16 layers chosen by sensitivity",
-           "range-anchor": "constant channels that pin a tensor's calibrated range"}
 
 
 def register_remedy(config: type[RemedyConfig]) -> Callable[[Handler], Handler]:
@@ -225,9 +222,6 @@ def get_remedy(name: str, where: str = "") -> Remedy:
     if name in REMEDIES:
         return REMEDIES[name]
     prefix = f"{where}: " if where else ""
-    if name in PLANNED:
-        raise NpuqError(f"{prefix}remedy {name!r} ({PLANNED[name]}) is not built yet; "
-                        f"built: {', '.join(sorted(REMEDIES))}")
     raise NpuqError(f"{prefix}unknown remedy {name!r}; built: {', '.join(sorted(REMEDIES))}")
 
 

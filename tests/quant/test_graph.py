@@ -164,3 +164,31 @@ def test_depthresnet_placement(depth_gm):
     assert len(plan.weighted_layers) == 31
     assert all(plan.layer_inputs[name] is not None for name in plan.weighted_layers)
     assert plan.layer_inputs["decoder.decoder.1.conv.conv"] == "cat"  # through the ReflectionPad2d
+
+
+class _ClipNet(nn.Module):
+    """conv+ReLU+ReLU6, ELU+clamp, a clamp after a cat (nothing to fuse into) and a tensor-bound clamp."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu, self.relu6, self.elu = nn.ReLU(), nn.ReLU6(), nn.ELU()
+
+    def forward(self, x):
+        y = self.relu6(self.relu(self.a(x)))
+        z = torch.clamp(self.elu(self.b(y)), max=2.0)
+        w = torch.cat([y, z], 1).clamp(-1.0, 1.0)
+        return torch.clamp(w, max=torch.cat([z, z], 1))
+
+
+def test_clip_fuses_into_the_conv_or_activation_before_it_so_only_the_clipped_tensor_is_stored():
+    with pytest.warns(UserWarning, match=r"clamp_2 \(clamp\)"):
+        sim = build_quantsim(seeded(_ClipNet), NO_CLE, images(1))
+    ops = [(q.layer, q.op) for q in sim.quantizers.values()]
+    assert ("a", "conv+relu+clip") in ops and ("elu", "elu+clip") in ops
+    assert not any(layer in ("relu", "relu6") for layer, _ in ops)  # fused: no tensor stored between
+    assert ("clamp_1", "clip") in ops  # after a cat: a Clip op of its own, supported
+    assert sim.unsupported_ops == ["clamp_2 (clamp)"]  # bounds that are tensors are not an NPU Clip
+    x = images(2)
+    with torch.no_grad(), sim.quant_disabled():
+        assert torch.equal(sim(x), seeded(_ClipNet)(x))

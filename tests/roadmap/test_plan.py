@@ -17,11 +17,11 @@ def test_shipped_plans_load_and_name_their_remedies(name):
     assert plan.to_dict()["steps"][0]["remedy"] == plan.steps[0].config.name
 
 
-def test_a_plan_with_an_unbuilt_remedy_fails_naming_it(tmp_path):
+def test_a_plan_with_an_unknown_remedy_fails_naming_it(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text("name: x\nsteps:\n  - remedy: calibration\n"
-                    "  - label: FP16 tail\n    remedy: mixed-precision\n")
-    with pytest.raises(NpuqError, match="step 2 .*'mixed-precision'.* not built yet"):
+                    "  - label: FP16 tail\n    remedy: fp16-magic\n")
+    with pytest.raises(NpuqError, match="step 2 .*unknown remedy 'fp16-magic'"):
         load_plan(path)
 
 

@@ -1,0 +1,146 @@
+"""``range-anchor``: constant channels that pin a decoder tensor's calibrated range (exact in float).
+
+A TensorRT-style KL search histograms |x| in 2048 bins over [0, max|x|] and never keeps fewer than 128
+of them, so its smallest threshold is max|x| / 16. ELU's saturation spike at |x| = 1 traps the search
+at 1.0 on tensors that reach 7-12; once anchor channels raise the maximum above ~17.6 the spike lies
+inside every candidate range. Anchors cost resolution under calibrators that were not trapped (min/max
+takes the anchor value as its range), so the choice is made per block, on the calibration frames the
+toolchain will see: for every (count, value) candidate, each calibrator in ``calibrators`` (variants
+of the hand-off's profile) picks its range for the block's output plus the anchors, and the candidate
+with the smallest worst-case squared error on the block's real values wins, if it beats no anchors by
+``min_gain``. The rewrite itself is ``npuq.models.anchors.add_range_anchors``: the float outputs are
+unchanged, so the hand-off's FP32 accuracy is too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from npuq.errors import NpuqError
+from npuq.quant.profile import CALIBRATOR_VARIANTS, QuantProfile, TensorQuantConfig, calibrator_variants
+from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+
+NUM_BLOCKS = 10
+CALIBRATORS = ("profile", *CALIBRATOR_VARIANTS, "asym")
+
+
+@dataclass(frozen=True)
+class RangeAnchorConfig(RemedyConfig):
+    name = "range-anchor"
+    blocks: tuple[int, ...] = ()  # decoder blocks to consider (0-9); empty: all ten
+    counts: tuple[int, ...] = (1, 2, 4)  # anchor channels per block to try
+    values: tuple[float, ...] = ()  # anchor values to try; empty: 1x, 1.5x, 2x the block's max, 17.6, 24
+    calibrators: tuple[str, ...] = CALIBRATORS  # "profile": the hand-off's own; others: its variants
+    min_gain: float = 1.5  # worst-case error without anchors / with, needed to add them (0: always)
+    frames: int = 32  # calibration frames the search looks at (evenly spaced; 0: all)
+
+    def __post_init__(self) -> None:
+        if any(not 0 <= b < NUM_BLOCKS for b in self.blocks):
+            raise NpuqError(f"range-anchor: blocks must be in 0..{NUM_BLOCKS - 1}, got {list(self.blocks)}")
+        if not self.counts or min(self.counts) < 1:
+            raise NpuqError(f"range-anchor: counts must be integers >= 1, got {list(self.counts)}")
+        if any(v <= 0 for v in self.values):
+            raise NpuqError(f"range-anchor: values must be positive, got {list(self.values)}")
+        unknown = [c for c in self.calibrators if c not in CALIBRATORS]
+        if unknown or not self.calibrators:
+            raise NpuqError(f"range-anchor: calibrators must be among {', '.join(CALIBRATORS)}, "
+                            f"got {list(self.calibrators)}")
+        if self.min_gain < 0 or self.frames < 0:
+            raise NpuqError("range-anchor: min_gain and frames must be >= 0")
+
+    @classmethod
+    def smoke(cls) -> RangeAnchorConfig:
+        return cls(blocks=(8, 9), counts=(1,), calibrators=("profile", "minmax"), min_gain=0.0, frames=2)
+
+
+@register_remedy(RangeAnchorConfig)
+def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Handoff:
+    """Add constant anchor channels where they cut the worst calibrator's error on a decoder tensor."""
+    from npuq.models.anchors import add_range_anchors
+    from npuq.models.checkpoint import load_checkpoint_dict, load_model, save_checkpoint
+
+    model = load_model(handoff.checkpoint).eval()
+    rgb = handoff.calib.rgb(input_size(handoff))
+    if cfg.frames and len(rgb) > cfg.frames:
+        rgb = rgb[torch.linspace(0, len(rgb) - 1, cfg.frames).round().long()]
+    blocks = cfg.blocks or tuple(range(NUM_BLOCKS))
+    outputs = _block_outputs(model, rgb, blocks)
+    profiles = _profiles(handoff.profile, cfg.calibrators)
+    chosen: dict[int, dict[str, Any]] = {}
+    report: dict[str, Any] = {}
+    for block in blocks:
+        best, rows = search_block(outputs[block], profiles, cfg)
+        report[str(block)] = rows
+        if best is not None:
+            chosen[block] = best
+            model = add_range_anchors(model, block, best["count"], best["value"])
+    extra = dict(load_checkpoint_dict(handoff.checkpoint)["extra"])
+    extra["range_anchors"] = {"chosen": {str(b): c for b, c in chosen.items()}, "search": report}
+    out = save_checkpoint(ctx.work_dir / "range_anchor.pt", model, extra=extra, force=True)
+    notes = {"anchors": {str(b): [c["count"], c["value"]] for b, c in chosen.items()},
+             "gain": {str(b): c["gain"] for b, c in chosen.items()}}
+    return dataclasses.replace(handoff, checkpoint=out, notes=notes)
+
+
+def _profiles(profile: QuantProfile, names: tuple[str, ...]) -> dict[str, TensorQuantConfig]:
+    variants = calibrator_variants(profile)
+    return {name: (profile if name == "profile" else variants[name]).activations for name in names}
+
+
+@torch.no_grad()
+def _block_outputs(model: torch.nn.Module, rgb: torch.Tensor, blocks: tuple[int, ...],
+                   batch: int = 8) -> dict[int, torch.Tensor]:
+    """Each block's output (after its activation) on ``rgb``, concatenated over frames."""
+    seen: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    hooks = [model.decoder.decoder[b].register_forward_hook(
+        lambda _m, _i, out, b=b: seen[b].append(out.detach().clone())) for b in blocks]
+    try:
+        for start in range(0, len(rgb), batch):
+            model(rgb[start:start + batch])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {b: torch.cat(parts) for b, parts in seen.items()}
+
+
+def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
+                 cfg: RangeAnchorConfig) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The best (count, value) of anchors for block output ``x`` [N,C,H,W], or None if none beats
+    no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top)."""
+    absmax = float(x.abs().max())
+    values = cfg.values or (absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
+    plane = x.shape[0] * x.shape[2] * x.shape[3]
+    flat = x.flatten()
+    rows = [_score(flat, 0, 0.0, plane, calibrators)]
+    for count in cfg.counts:
+        for value in sorted({float(v) for v in values if v >= absmax}):
+            rows.append(_score(flat, count, value, plane, calibrators))
+    base = rows[0]["worst_mse"]
+    best = min(rows[1:], key=lambda r: r["worst_mse"], default=None)
+    gain = base / best["worst_mse"] if best and best["worst_mse"] > 0 else 0.0
+    if best is None or gain < cfg.min_gain or (cfg.min_gain and not gain):
+        return None, rows
+    return {**best, "gain": gain}, rows
+
+
+def _score(flat: torch.Tensor, count: int, value: float, plane: int,
+           calibrators: dict[str, TensorQuantConfig]) -> dict[str, Any]:
+    from npuq.quant.observers import RangeObserver
+    from npuq.quant.quantizer import IntGrid, fake_quant, scale_zero_point
+
+    seen = torch.cat([flat, flat.new_full((count * plane,), value)]) if count else flat
+    mse, top = {}, {}
+    for name, tcfg in calibrators.items():
+        observer = RangeObserver(tcfg)
+        observer.observe_minmax(seen)
+        observer.observe_histogram(seen)
+        grid = IntGrid.for_config(tcfg)
+        lo, hi = observer.compute_range(grid)
+        scale, zero_point = scale_zero_point(lo, hi, grid)
+        mse[name] = float((fake_quant(flat, scale, zero_point, grid) - flat).square().mean())
+        top[name] = hi
+    return {"count": count, "value": value, "worst_mse": max(mse.values()), "mse": mse, "range_hi": top}

@@ -1,0 +1,59 @@
+"""Range anchors: chosen where a calibrator is trapped by the ELU spike, skipped where none is."""
+
+import torch
+
+from npuq.models.anchors import anchor_blocks
+from npuq.models.checkpoint import load_model
+from npuq.quant.profile import load_profile
+from npuq.remedies import apply_remedy
+from npuq.remedies.range_anchor import RangeAnchorConfig, _profiles, search_block
+
+DEFAULT = load_profile("npu-default")
+
+
+def _elu_like(trapped_share: float = 0.3) -> torch.Tensor:
+    """An ELU output reaching ~10, with ``trapped_share`` of its values saturated near -1."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.elu(torch.randn(4, 8, 16, 16, generator=g) * 2.0)
+    saturated = torch.rand(x.shape, generator=g) < trapped_share
+    x = torch.where(saturated, -1 + 1e-4 * torch.rand(x.shape, generator=g), x)
+    x.view(-1)[0] = 10.0
+    return x
+
+
+def test_the_tensorrt_kl_trap_at_one_is_found_and_anchors_lift_it():
+    cfg = RangeAnchorConfig(calibrators=("profile",))
+    best, rows = search_block(_elu_like(), _profiles(DEFAULT, cfg.calibrators), cfg)
+    assert abs(rows[0]["range_hi"]["profile"] - 1.0) < 0.05  # without anchors: the threshold is the spike
+    assert best is not None and best["gain"] >= cfg.min_gain
+    assert best["range_hi"]["profile"] > 2.0 and best["value"] >= 10.0
+
+
+def test_no_anchors_where_no_calibrator_is_trapped():
+    x = torch.nn.functional.elu(torch.randn(4, 8, 16, 16, generator=torch.Generator().manual_seed(1)))
+    cfg = RangeAnchorConfig(calibrators=("minmax", "mse"))
+    best, rows = search_block(x, _profiles(DEFAULT, cfg.calibrators), cfg)
+    assert best is None and len(rows) > 1  # candidates were scored, none pays
+
+
+def test_the_worst_calibrator_decides():
+    # min/max pays for every anchor (its range becomes the anchor value): judged together with KL,
+    # the choice is the smallest anchor value that lifts the trap
+    x = _elu_like()
+    cfg = RangeAnchorConfig(calibrators=("profile", "minmax"))
+    best, rows = search_block(x, _profiles(DEFAULT, cfg.calibrators), cfg)
+    alone, _ = search_block(x, _profiles(DEFAULT, ("profile",)), RangeAnchorConfig(calibrators=("profile",)))
+    same = next(r for r in rows if (r["count"], r["value"]) == (alone["count"], alone["value"]))
+    assert best is not None and best["mse"]["minmax"] <= same["mse"]["minmax"]
+    assert best["worst_mse"] == max(best["mse"].values()) == min(r["worst_mse"] for r in rows[1:])
+
+
+def test_the_hand_off_keeps_its_float_outputs(handoff, context, test_data):
+    cfg = RangeAnchorConfig(blocks=(7, 8, 9), counts=(2,), values=(20.0,), min_gain=0.0, frames=2)
+    result = apply_remedy(handoff, cfg, context)
+    before, after = load_model(handoff.checkpoint).eval(), load_model(result.checkpoint).eval()
+    assert set(anchor_blocks(after)) == {int(b) for b in result.notes["anchors"]}
+    assert anchor_blocks(after) and all(k == 2 for k in anchor_blocks(after).values())
+    rgb = handoff.calib.rgb((64, 64))
+    with torch.no_grad():
+        assert torch.allclose(before(rgb), after(rgb), atol=1e-5)
