@@ -74,12 +74,15 @@ SECTIONS = [
     ("Phase 2: output heads, synthetic", "heads-synthetic", "python bench/heads.py --only synthetic"),
     ("Robustness matrix: remedies under every calibrator, 7-Scenes", "robustness-7scenes",
      "python bench/robustness.py --only 7scenes"),
+    ("Mixed precision: FP16 share against INT8 abs_rel, 7-Scenes", "mixed-precision-7scenes",
+     "python bench/mixed_precision.py --only 7scenes"),
     ("Probe kit: identifying ONNX Runtime's quantize_static", "probe-onnxruntime",
      "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
 ROADMAPS = [("path-c", "7scenes"), ("path-b", "7scenes")]
-PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic")}
+PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
+                                          "mixed-precision-7scenes")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
 # TensorRT's nor ONNX Runtime's (group edges rounded down, an empty last bin smoothed with 1e-4 instead of
 # excluded, candidates from the first non-empty bin + 128, zeros dropped).

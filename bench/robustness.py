@@ -6,7 +6,8 @@ A remedy counts only if it holds under every calibrator: the vendor's is unknown
 applied to the 7-Scenes reference (training frames 0-719, validation 720-799, the Baseline's 100
 random calibration frames of 0-799, seed 0); columns are a fresh simulated PTQ of the hand-off under
 npu-default (TensorRT-style KL, bias correction on and off), ONNX Runtime's entropy, MSE, percentile
-99.99, min/max and npu-asym, scored on test frames 800-999. Remedy outputs are cached under
+99.99, min/max and TensorRT-style KL on an asymmetric grid (npu-asym), each keeping what the hand-off
+requests (its FP16 layers), scored on test frames 800-999. Remedy outputs are cached under
 .npuq-cache/bench/robustness/.
 """
 
@@ -14,52 +15,69 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 
 from common import CACHE, SEVEN_SCENES, Timer, publish
-from reference import RUNS, reference_checkpoint
+from reference import RUNS, input_size, reference_checkpoint
 
 from npuq.analysis.metrics import MetricConfig
-from npuq.measure import measure
-from npuq.quant.profile import load_profile
-from npuq.remedies import Context, DataRef, apply_remedy, remedy_config
+from npuq.io import write_json
+from npuq.measure import float_metrics, measure
+from npuq.models.checkpoint import load_model
+from npuq.quant.profile import QuantProfile, calibrator_variants, load_profile
+from npuq.remedies import Context, DataRef, Handoff, apply_remedy, remedy_config
 from npuq.remedies.base import json_digest
 from npuq.roadmap.runner import start_handoff
 
+RELU = ("activation", {"activation": "relu", "steps": 300, "supervised": 1.0})
+LOG_DEPTH = ("head", {"head": "log-depth", "steps": 400})
+ANCHORS = ("range-anchor", {})
+FP16 = ("mixed-precision", {"target": 1.05})
 ROWS = {
     "reference": [],
-    "relu": [("activation", {"activation": "relu", "steps": 300, "supervised": 1.0})],
+    "range-anchor": [ANCHORS],
+    "relu": [RELU],
     "leaky_relu": [("activation", {"activation": "leaky_relu", "steps": 300, "supervised": 1.0})],
+    "log-depth": [LOG_DEPTH],
+    "log-depth+range-anchor": [LOG_DEPTH, ANCHORS],
+    "log-depth+relu": [LOG_DEPTH, RELU],
+    "mixed-precision": [FP16],
     "qaf": [("qaf", {"steps": 200})],
 }
 DEFAULT = load_profile("npu-default")
-COLUMNS = {
-    "kl/tensorrt": DEFAULT,
-    "kl/tensorrt, no bias corr": DEFAULT.replace(bias_correction="off"),
-    "kl/onnxruntime": load_profile("npu-ort-entropy"),
-    "mse": DEFAULT.replace(activations={"range": "mse"}),
-    "percentile 99.99": DEFAULT.replace(activations={"range": "percentile"}),
-    "minmax": DEFAULT.replace(activations={"range": "minmax"}),
-    "npu-asym": load_profile("npu-asym"),
-}
+
+
+def columns(profile: QuantProfile) -> dict[str, QuantProfile]:
+    """The hand-off's profile (what it requests, e.g. FP16 layers, kept) under every calibrator."""
+    variants = calibrator_variants(profile)
+    return {"kl/tensorrt": variants["kl/tensorrt"],
+            "kl/tensorrt, no bias corr": variants["kl/tensorrt"].replace(bias_correction="off"),
+            **{name: v for name, v in variants.items() if name != "kl/tensorrt"}}
+
+
+COLUMNS = list(columns(DEFAULT))
 SCENES = str(SEVEN_SCENES)
 DATA = {"7scenes": {"train": DataRef(SCENES, (0, 720)), "val": DataRef(SCENES, (720, 800)),
                     "calib_pool": DataRef(str(SEVEN_SCENES), (0, 800)),
                     "test": DataRef(str(SEVEN_SCENES), (800, 1000)), "metric": MetricConfig(0.1, 10.0)}}
 
 
-def remedy_output(name: str, steps, start, ctx):
-    handoff = start
+def remedy_output(steps, start, ctx):
+    """The hand-off after ``steps``, each step cached by (remedy, config, input): chains share their
+    common first steps. Returns it with the seconds its steps took (when they were computed)."""
+    handoff, seconds = start, 0.0
     for remedy, config in steps:
         cfg = remedy_config(remedy, config)
         key = json_digest({"remedy": remedy, "config": cfg.to_dict(), "input": handoff.digest()})[:16]
-        work = CACHE / "robustness" / f"{name}-{remedy}-{key}"
-        if (work / "model.pt").exists():
-            handoff = dataclasses.replace(handoff, checkpoint=work / "model.pt")
-            continue
-        with Timer() as t:
-            handoff = apply_remedy(handoff, cfg, dataclasses.replace(ctx, work_dir=work))
-        (work / "seconds.txt").write_text(f"{t.seconds:.0f}\n")
-    return handoff
+        work = CACHE / "robustness" / f"{remedy}-{key}"
+        if not (work / "model.pt").exists():
+            with Timer() as t:
+                result = apply_remedy(handoff, cfg, dataclasses.replace(ctx, work_dir=work))
+            write_json(work / "handoff.json", result.to_dict(), force=True)
+            (work / "seconds.txt").write_text(f"{t.seconds:.0f}\n")
+        handoff = Handoff.from_dict(json.loads((work / "handoff.json").read_text()))
+        seconds += float((work / "seconds.txt").read_text())
+    return handoff, seconds
 
 
 def main() -> None:
@@ -72,21 +90,21 @@ def main() -> None:
     ctx = Context(spec["train"], spec["val"], CACHE / "robustness", spec["metric"], seed=0, progress=True)
     start = start_handoff(ckpt, dataclasses.replace(ctx, train=spec["calib_pool"]), DEFAULT, 100,
                           CACHE / "robustness")
-    reference_fp32 = None
+    reference_fp32 = float_metrics(load_model(ckpt), spec["test"].open(input_size(args.only), "native"),
+                                   spec["metric"])["abs_rel"]
     rows = []
     for name in args.rows.split(","):
-        handoff = remedy_output(name, ROWS[name], start, ctx)
+        handoff, seconds = remedy_output(ROWS[name], start, ctx)
         row = {"remedy": name}
-        for column, profile in COLUMNS.items():
+        for column, profile in columns(handoff.profile).items():
             score = measure(dataclasses.replace(handoff, profile=profile), spec["test"], spec["metric"],
                             reference_fp32, progress=False)
-            reference_fp32 = reference_fp32 or score.fp32["abs_rel"]
             row.setdefault("FP32 (hand-off)", score.fp32["abs_rel"])
             row[column] = score.int8["abs_rel"]
             print(f"{name} {column}: INT8 {score.int8['abs_rel']:.4f}", flush=True)
-        seconds = [float((p / "seconds.txt").read_text()) for p in (CACHE / "robustness").glob(f"{name}-*")
-                   if (p / "seconds.txt").exists()]
-        row["remedy s"] = sum(seconds) if seconds else 0.0
+        row["remedy s"] = seconds
+        row["FP32 change"] = row["FP32 (hand-off)"] / reference_fp32 - 1.0
+        row["npu-default / ref FP32"] = row["kl/tensorrt"] / reference_fp32
         row["worst / ref FP32"] = max(row[c] for c in COLUMNS) / reference_fp32
         rows.append(row)
         print(f"{name}: FP32 of the hand-off {row['FP32 (hand-off)']:.4f}", flush=True)

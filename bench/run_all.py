@@ -19,6 +19,8 @@ STEPS = [
     ["calib_sweep.py"],
     ["weight_norm.py"],
     ["heads.py"],
+    ["robustness.py"],
+    ["mixed_precision.py"],
     ["probe_onnxruntime.py"],
     ["make_readme.py"],
 ]

@@ -54,10 +54,10 @@ def test_validation_defaults_to_held_out_training_frames(tiny_checkpoint, tmp_pa
 
 
 def test_bad_input_is_one_error_line(tiny_checkpoint, tmp_path):
-    unbuilt = tmp_path / "unbuilt.yaml"
-    unbuilt.write_text("name: x\nsteps:\n  - remedy: mixed-precision\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("name: x\nsteps:\n  - remedy: fp16-magic\n")
     cases = [
-        ([unbuilt, "--model", tiny_checkpoint], "'mixed-precision'"),
+        ([unknown, "--model", tiny_checkpoint], "unknown remedy 'fp16-magic'"),
         (["path-z", "--model", tiny_checkpoint], "no such shipped plan"),
         (["path-b", "--model", tmp_path / "none.pt"], "none.pt: no such checkpoint file"),
         (["path-b", "--model", tiny_checkpoint, "--lang", "fr"], "--lang must be en or ko"),
