@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 
-from common import CACHE, RESULTS, SEVEN_SCENES
+from common import CACHE, RESULTS, SEVEN_SCENES, publish
 from reference import RUNS, reference_checkpoint
 
 from npuq.io import write_json
@@ -30,27 +31,53 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--plan", default="path-c")
     parser.add_argument("--only", choices=sorted(DATA), default="7scenes")
+    parser.add_argument("--seeds", default="0", help="comma-separated: the report is the first seed's; "
+                        "with more, a table of every seed's final step (mean +- std)")
     args = parser.parse_args()
-    ckpt, _ = reference_checkpoint(args.only)
-    spec = DATA[args.only]
-    out = CACHE / "roadmap" / f"{args.plan}-{args.only}"
-    command = [sys.executable, "-m", "npuq.cli", "roadmap", args.plan, "--model", ckpt,
+    seeds = [int(s) for s in args.seeds.split(",")]
+    target = RESULTS / f"roadmap-{args.plan}-{args.only}"
+    finals = [_run(args.plan, args.only, seed, target if i == 0 else None) for i, seed in enumerate(seeds)]
+    if len(seeds) > 1:
+        _publish_seeds(args, seeds, finals)
+
+
+def _run(plan: str, only: str, seed: int, target) -> dict:
+    """One `npuq roadmap` run; its report copied to ``target`` when given. The final row."""
+    ckpt, _ = reference_checkpoint(only)
+    spec = DATA[only]
+    out = CACHE / "roadmap" / (f"{plan}-{only}" + (f"-seed{seed}" if seed else ""))
+    command = [sys.executable, "-m", "npuq.cli", "roadmap", plan, "--model", ckpt,
                "--data", spec["data"], "--frames", spec["frames"], "--test", spec["test"],
-               "--test-frames", spec["test_frames"],
+               "--test-frames", spec["test_frames"], "--seed", str(seed),
                "--max-depth", spec["max_depth"], "--out", str(out), "--lang", "ko", "--force"]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
-    target = RESULTS / f"roadmap-{args.plan}-{args.only}"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("report.md", "report.ko.md", "roadmap.png", "roadmap.json"):
-        shutil.copyfile(out / name, target / name)
     result = json.loads((out / "roadmap.json").read_text())
-    write_json(target / "run.json", {"command": " ".join(["npuq", *command[3:]]), "wall_seconds": seconds,
-                                     "machine": machine_info(), "reference": ckpt,
-                                     "reference_train": RUNS[args.only]["train"].to_dict(),
-                                     "final_lineage": result["final"]["lineage"]})
-    print(f"report: {target / 'report.md'} ({seconds / 60:.1f} min)")
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("report.md", "report.ko.md", "roadmap.png", "roadmap.json"):
+            shutil.copyfile(out / name, target / name)
+        write_json(target / "run.json", {"command": " ".join(["npuq", *command[3:]]),
+                                         "wall_seconds": seconds, "machine": machine_info(),
+                                         "reference": ckpt, "reference_train": RUNS[only]["train"].to_dict(),
+                                         "final_lineage": result["final"]["lineage"]})
+        print(f"report: {target / 'report.md'} ({seconds / 60:.1f} min)")
+    final = result["rows"][-1]
+    return {"seed": seed, "fp32": final["fp32"], "int8": final["int8"],
+            "int8_over_reference": final["int8_over_reference"], "baseline_int8": result["baseline"]["int8"],
+            "wall_s": seconds}
+
+
+def _publish_seeds(args, seeds: list[int], finals: list[dict]) -> None:
+    summary = {"seed": "mean +- std"}
+    for key in ("fp32", "int8", "int8_over_reference", "baseline_int8"):
+        values = [f[key] for f in finals]
+        summary[key] = f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+    publish(f"roadmap-{args.plan}-{args.only}-seeds", f"Roadmap `{args.plan}` on {args.only}: final step "
+            f"per seed (seed = the Baseline's random calibration draw and every remedy's seed)",
+            [*finals, summary], ["seed", "fp32", "int8", "int8_over_reference", "baseline_int8", "wall_s"],
+            {"seeds": seeds, "plan": args.plan, "reference": reference_checkpoint(args.only)[0]})
 
 
 if __name__ == "__main__":

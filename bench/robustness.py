@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import json
 
-from common import CACHE, SEVEN_SCENES, Timer, publish
+from common import CACHE, RESULTS, SEVEN_SCENES, Timer, publish
 from reference import RUNS, input_size, reference_checkpoint
 
 from npuq.analysis.metrics import MetricConfig
@@ -32,10 +32,13 @@ from npuq.roadmap.runner import start_handoff
 RELU = ("activation", {"activation": "relu", "steps": 300, "supervised": 1.0})
 LOG_DEPTH = ("head", {"head": "log-depth", "steps": 400})
 ANCHORS = ("range-anchor", {})
+CENTRE = ("centre-logit", {})
 FP16 = ("mixed-precision", {"target": 1.05})
 ROWS = {
     "reference": [],
     "range-anchor": [ANCHORS],
+    "centre-logit": [CENTRE],
+    "centre-logit+range-anchor": [CENTRE, ANCHORS],
     "relu": [RELU],
     "leaky_relu": [("activation", {"activation": "leaky_relu", "steps": 300, "supervised": 1.0})],
     "log-depth": [LOG_DEPTH],
@@ -92,8 +95,9 @@ def main() -> None:
                           CACHE / "robustness")
     reference_fp32 = float_metrics(load_model(ckpt), spec["test"].open(input_size(args.only), "native"),
                                    spec["metric"])["abs_rel"]
-    rows = []
+    rows = _earlier_rows(args.only, reference_fp32)
     for name in args.rows.split(","):
+        rows = [r for r in rows if r["remedy"] != name]
         handoff, seconds = remedy_output(ROWS[name], start, ctx)
         row = {"remedy": name}
         for column, profile in columns(handoff.profile).items():
@@ -106,9 +110,19 @@ def main() -> None:
         row["FP32 change"] = row["FP32 (hand-off)"] / reference_fp32 - 1.0
         row["npu-default / ref FP32"] = row["kl/tensorrt"] / reference_fp32
         row["worst / ref FP32"] = max(row[c] for c in COLUMNS) / reference_fp32
-        rows.append(row)
+        rows = sorted([*rows, row], key=lambda r: list(ROWS).index(r["remedy"]))
         print(f"{name}: FP32 of the hand-off {row['FP32 (hand-off)']:.4f}", flush=True)
         _publish(args.only, rows, spec, ckpt, reference_fp32)  # after every row: a partial run keeps its rows
+
+
+def _earlier_rows(only: str, reference_fp32: float) -> list[dict]:
+    """Rows of the last run against the same reference, in ``ROWS`` order (re-run rows replace them)."""
+    path = RESULTS / f"robustness-{only}.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    same = earlier["context"].get("reference_fp32") == reference_fp32
+    return [r for r in earlier["rows"] if r["remedy"] in ROWS] if same else []
 
 
 def _publish(only: str, rows: list[dict], spec: dict, ckpt: str, reference_fp32: float) -> None:

@@ -173,6 +173,11 @@ def _decode_text(model) -> str:
         lo, hi = 1.0 / head.max_depth, 1.0 / head.min_depth
         return (f"depth_m = 1 / ({lo:g} + ({hi:g} - {lo:g}) * disp), i.e. Monodepth2's disp_to_depth with "
                 f"min_depth {head.min_depth:g} m and max_depth {head.max_depth:g} m.")
+    if head.name == "centred-logit":
+        lo, hi = 1.0 / head.max_depth, 1.0 / head.min_depth
+        return (f"disp = sigmoid(logit + {float(head.centre):.6g}); "
+                f"depth_m = 1 / ({lo:g} + ({hi:g} - {lo:g}) * disp), i.e. Monodepth2's disp_to_depth "
+                f"with min_depth {head.min_depth:g} m and max_depth {head.max_depth:g} m.")
     return (f"decode on the host with npuq's `{head.name}` head (`npuq.models.heads`, "
             f"min_depth {head.min_depth:g} m, max_depth {head.max_depth:g} m).")
 

@@ -12,6 +12,7 @@ The NPU stores every output per tensor on an INT8 grid, so each output gets its 
 - ``int-frac``: integer part (0..15 m, rounded on the host) + fractional part (0..1 m).
 - ``coarse-residual``: a coarse depth over the head's range + a signed residual of +-0.5 m.
 - ``log-depth``: one linear output of log depth (a constant relative step).
+- ``centred-logit``: ``sigmoid-disp`` with the sigmoid on the host and its input centred on 0.
 
 Every head builds its layers per scale from separate convs (one per output), so each output has its own
 producer and hence its own quantizer in the simulated graph, and is torch.fx traceable.
@@ -291,8 +292,51 @@ class LogDepthHead(DepthHead):
         return [(math.log(self.min_depth), math.log(self.max_depth))]
 
 
+@register_head
+class CentredLogitHead(DepthHead):
+    """``sigmoid-disp`` with the sigmoid moved to the host and its input centred: one linear output.
+
+    The NPU output is ``z = conv(x)`` (the dispconv whose bias was lowered by ``centre``); the host
+    computes ``sigmoid(z + centre)`` and then Monodepth2's disparity mapping. A trained ``sigmoid-disp``
+    model converts exactly (``npuq.remedies.centre_logit``). Why: on one room the sigmoid's input lies
+    in about [-3.5, -1.9] and its output in [0.03, 0.13], all away from 0, and a TensorRT-style
+    entropy search clips such tensors to about their minimum. Centred, the stored tensor straddles
+    0 and the search keeps its whole spread. ``centre`` is a buffer (saved with the weights).
+    """
+
+    name = "centred-logit"
+    output_names = ("logit",)
+    SIGMOID_EPS: ClassVar[float] = 1e-4
+
+    def __init__(self, in_channels: list[int], min_depth: float = 0.1, max_depth: float = 100.0):
+        super().__init__(in_channels, min_depth, max_depth)
+        self.convs = nn.ModuleList(Conv3x3(c, 1) for c in self.in_channels)
+        self.register_buffer("centre", torch.zeros(()))
+
+    def forward(self, features: list[Tensor]) -> list[tuple[Tensor, ...]]:
+        return [(self.convs[s](f),) for s, f in enumerate(features)]
+
+    def decode(self, outputs: tuple[Tensor, ...]) -> Tensor:
+        return disp_to_depth(torch.sigmoid(outputs[0] + self.centre), self.min_depth, self.max_depth)[1]
+
+    def encode(self, depth: Tensor) -> tuple[Tensor, ...]:
+        sig = depth_to_sigmoid(depth, self.min_depth, self.max_depth)
+        return (torch.logit(sig.clamp(self.SIGMOID_EPS, 1 - self.SIGMOID_EPS)) - self.centre,)
+
+    def output_ranges(self) -> list[tuple[float, float]]:
+        edge, centre = math.log(1 / self.SIGMOID_EPS - 1), float(self.centre)
+        return [(-edge - centre, edge - centre)]
+
+    def init_output_depth(self, depth: float) -> None:
+        target = self.encode(torch.tensor([float(depth)]))[0]
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.conv.bias.fill_(float(target))
+
+
 __all__ = [
     "HEADS",
+    "CentredLogitHead",
     "CoarseResidualHead",
     "DepthHead",
     "IntFracHead",

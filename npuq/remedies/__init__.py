@@ -7,6 +7,7 @@ from npuq.remedies import (  # noqa: F401
     activation,
     best,
     calibration,
+    centre_logit,
     distill,
     head,
     mixed_precision,

@@ -32,8 +32,10 @@ CALIBRATORS = ("profile", *CALIBRATOR_VARIANTS, "asym")
 class RangeAnchorConfig(RemedyConfig):
     name = "range-anchor"
     blocks: tuple[int, ...] = ()  # decoder blocks to consider (0-9); empty: all ten
-    counts: tuple[int, ...] = (1, 2, 4)  # anchor channels per block to try
-    values: tuple[float, ...] = ()  # anchor values to try; empty: 1x, 1.5x, 2x the block's max, 17.6, 24
+    # anchor channels per block to try (at most the block's own count): a larger share makes the top
+    # bin outweigh the ELU spike, so every calibrator's range becomes the tensor's maximum
+    counts: tuple[int, ...] = (1, 4, 16, 32)
+    values: tuple[float, ...] = ()  # anchor values; empty: 1x, 1.25x, 1.5x, 2x the block's max, 17.6, 24
     calibrators: tuple[str, ...] = CALIBRATORS  # "profile": the hand-off's own; others: its variants
     min_gain: float = 1.5  # worst-case error without anchors / with, needed to add them (0: always)
     frames: int = 32  # calibration frames the search looks at (evenly spaced; 0: all)
@@ -63,7 +65,7 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     from npuq.models.anchors import add_range_anchors
     from npuq.models.checkpoint import load_checkpoint_dict, load_model, save_checkpoint
 
-    model = load_model(handoff.checkpoint).eval()
+    model = original = load_model(handoff.checkpoint).eval()
     rgb = handoff.calib.rgb(input_size(handoff))
     if cfg.frames and len(rgb) > cfg.frames:
         rgb = rgb[torch.linspace(0, len(rgb) - 1, cfg.frames).round().long()]
@@ -82,8 +84,27 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     extra["range_anchors"] = {"chosen": {str(b): c for b, c in chosen.items()}, "search": report}
     out = save_checkpoint(ctx.work_dir / "range_anchor.pt", model, extra=extra, force=True)
     notes = {"anchors": {str(b): [c["count"], c["value"]] for b, c in chosen.items()},
-             "gain": {str(b): c["gain"] for b, c in chosen.items()}}
+             "gain": {str(b): c["gain"] for b, c in chosen.items()},
+             "mac_overhead": conv_macs(model, rgb[:1]) / conv_macs(original, rgb[:1]) - 1.0}
     return dataclasses.replace(handoff, checkpoint=out, notes=notes)
+
+
+@torch.no_grad()
+def conv_macs(model: torch.nn.Module, rgb: torch.Tensor) -> int:
+    """Multiply-accumulates of every conv for ``rgb`` (what the anchors add to the NPU's work)."""
+    total = 0
+
+    def count(mod: torch.nn.Conv2d, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * mod.weight[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        model(rgb)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 def _profiles(profile: QuantProfile, names: tuple[str, ...]) -> dict[str, TensorQuantConfig]:
@@ -112,11 +133,11 @@ def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
     """The best (count, value) of anchors for block output ``x`` [N,C,H,W], or None if none beats
     no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top)."""
     absmax = float(x.abs().max())
-    values = cfg.values or (absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
+    values = cfg.values or (absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
     plane = x.shape[0] * x.shape[2] * x.shape[3]
     flat = x.flatten()
     rows = [_score(flat, 0, 0.0, plane, calibrators)]
-    for count in cfg.counts:
+    for count in sorted({min(c, x.shape[1]) for c in cfg.counts}):
         for value in sorted({float(v) for v in values if v >= absmax}):
             rows.append(_score(flat, count, value, plane, calibrators))
     base = rows[0]["worst_mse"]

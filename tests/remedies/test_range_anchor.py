@@ -57,3 +57,11 @@ def test_the_hand_off_keeps_its_float_outputs(handoff, context, test_data):
     rgb = handoff.calib.rgb((64, 64))
     with torch.no_grad():
         assert torch.allclose(before(rgb), after(rgb), atol=1e-5)
+
+
+def test_the_notes_count_the_work_the_anchors_add(handoff, context):
+    none = apply_remedy(handoff, RangeAnchorConfig(blocks=(9,), min_gain=1e9, frames=2), context.within("a"))
+    some = apply_remedy(handoff, RangeAnchorConfig(blocks=(9,), counts=(4,), min_gain=0.0, frames=2),
+                        context.within("b"))
+    assert none.notes["mac_overhead"] == 0.0 and not none.notes["anchors"]
+    assert some.notes["mac_overhead"] > 0.0 and some.notes["anchors"]["9"][0] == 4
