@@ -100,7 +100,7 @@ OLD_SYNTHETIC_NOTE = ("- data: the earlier synthetic default (random worlds, 128
 
 def main() -> None:
     notes = REPO / "bench" / "notes"
-    parts = [INTRO, (notes / "calibrators.md").read_text(), (notes / "demo.md").read_text()]
+    parts = [INTRO, *((notes / f"{name}.md").read_text() for name in ("calibrators", "demo", "remedies"))]
     for title, name, command in SECTIONS:
         result = RESULTS / f"{name}.md"
         body = result.read_text() if result.exists() else "_not run yet_\n"

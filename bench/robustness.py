@@ -42,8 +42,6 @@ ROWS = {
     "relu": [RELU],
     "leaky_relu": [("activation", {"activation": "leaky_relu", "steps": 300, "supervised": 1.0})],
     "log-depth": [LOG_DEPTH],
-    "log-depth+range-anchor": [LOG_DEPTH, ANCHORS],
-    "log-depth+relu": [LOG_DEPTH, RELU],
     "mixed-precision": [FP16],
     "qaf": [("qaf", {"steps": 200})],
 }

@@ -35,10 +35,13 @@ class RangeAnchorConfig(RemedyConfig):
     # anchor channels per block to try (at most the block's own count): a larger share makes the top
     # bin outweigh the ELU spike, so every calibrator's range becomes the tensor's maximum
     counts: tuple[int, ...] = (1, 4, 16, 32)
-    values: tuple[float, ...] = ()  # anchor values; empty: 1x, 1.25x, 1.5x, 2x the block's max, 17.6, 24
+    # anchor values; empty: 1.05x, 1.25x, 1.5x, 2x the block's maximum on the calibration frames, 17.6, 24
+    values: tuple[float, ...] = ()
     calibrators: tuple[str, ...] = CALIBRATORS  # "profile": the hand-off's own; others: its variants
     min_gain: float = 1.5  # worst-case error without anchors / with, needed to add them (0: always)
-    frames: int = 32  # calibration frames the search looks at (evenly spaced; 0: all)
+    # calibration frames the search looks at (evenly spaced; 0: all). An anchor below the maximum of
+    # the whole set no longer pins the range: a subset is for quick tries only
+    frames: int = 0
 
     def __post_init__(self) -> None:
         if any(not 0 <= b < NUM_BLOCKS for b in self.blocks):
@@ -133,7 +136,7 @@ def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
     """The best (count, value) of anchors for block output ``x`` [N,C,H,W], or None if none beats
     no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top)."""
     absmax = float(x.abs().max())
-    values = cfg.values or (absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
+    values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
     plane = x.shape[0] * x.shape[2] * x.shape[3]
     flat = x.flatten()
     rows = [_score(flat, 0, 0.0, plane, calibrators)]
