@@ -107,7 +107,7 @@ def test_analyze_json_and_report_hold_the_per_head_table(workdir):
             "--n-calib", 2, "--frames", "0:2", "--out", workdir / "analysis")
     result = json_of(invoke(*args, "--json"))
     rows = {r["head"]: r for r in result["representability_per_head"]}
-    assert list(rows) == ["sigmoid-disp", "int-frac", "coarse-residual", "log-depth"]
+    assert list(rows) == ["sigmoid-disp", "int-frac", "coarse-residual", "log-depth", "centred-logit"]
     assert rows["sigmoid-disp"]["model_head"] and len(rows["sigmoid-disp"]["scenarios"]) == 2
     assert rows["int-frac"]["misassignment"] is None
     assert rows["int-frac"]["misassignment_note"] == "n/a (model has head sigmoid-disp)"

@@ -49,7 +49,7 @@ def asym_rows():
 def test_one_row_per_registered_head_in_registry_order(asym_rows):
     rows = compare_heads(SYM, ramp(0.3, 15.0), CFG)
     assert [r["head"] for r in rows] == list(HEADS)
-    assert list(HEADS) == ["sigmoid-disp", "int-frac", "coarse-residual", "log-depth"]
+    assert list(HEADS) == ["sigmoid-disp", "int-frac", "coarse-residual", "log-depth", "centred-logit"]
     assert all(len(full(r)["grids"]) == len(r["outputs"]) for r in rows)
     assert all(not r["model_head"] and len(r["scenarios"]) == 1 for r in rows)
     assert by_head(rows)["int-frac"]["misassignment_note"] == "n/a (no model)"
