@@ -80,7 +80,7 @@ SECTIONS = [
      "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
-ROADMAPS = [("path-c", "7scenes"), ("path-b", "7scenes")]
+ROADMAPS = [("recommended", "7scenes"), ("path-c", "7scenes"), ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
                                           "mixed-precision-7scenes")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
