@@ -72,14 +72,18 @@ class CalibSet:
         if not self.frames:
             raise NpuqError(f"{self.pool}: a calibration set needs at least one frame")
 
-    def rgb(self, size: tuple[int, int]) -> torch.Tensor:
-        """The frames as the toolchain sees them: RGB [N,3,H,W] in [0, 1] at ``size``."""
+    def rgb(self, size: tuple[int, int], frames: int = 0) -> torch.Tensor:
+        """The frames as the toolchain sees them: RGB [N,3,H,W] in [0, 1] at ``size``; ``frames`` > 0:
+        that many of them, evenly spaced (a quick look, not what the toolchain calibrates on)."""
         pool = self.pool.open(size)
         by_name = {name: i for i, name in enumerate(pool.names)}
         missing = [n for n in self.frames if n not in by_name]
         if missing:
             raise NpuqError(f"{self.pool}: calibration frame {missing[0]!r} is not in the pool")
-        return torch.stack([pool[by_name[n]]["rgb"] for n in self.frames])
+        names = self.frames
+        if 0 < frames < len(names):
+            names = [names[i] for i in torch.linspace(0, len(names) - 1, frames).round().long().tolist()]
+        return torch.stack([pool[by_name[n]]["rgb"] for n in names])
 
     def to_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.to_dict(), "frames": list(self.frames)}
@@ -139,6 +143,22 @@ class Context:
     def within(self, name: str) -> Context:
         """The same context with a sub-folder of the work folder (for remedies that run remedies)."""
         return dataclasses.replace(self, work_dir=self.work_dir / name)
+
+
+@torch.no_grad()
+def module_outputs(model: torch.nn.Module, modules: Mapping[Any, torch.nn.Module], rgb: torch.Tensor,
+                   batch: int = 8) -> dict[Any, torch.Tensor]:
+    """What each of ``modules`` (inside ``model``) outputs on ``rgb``, concatenated over frames."""
+    seen: dict[Any, list[torch.Tensor]] = {key: [] for key in modules}
+    hooks = [module.register_forward_hook(lambda _m, _i, out, key=key: seen[key].append(out.detach().clone()))
+             for key, module in modules.items()]
+    try:
+        for start in range(0, len(rgb), batch):
+            model(rgb[start:start + batch])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: torch.cat(parts) for key, parts in seen.items()}
 
 
 def input_size(handoff: Handoff) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from npuq.errors import NpuqError
-from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, module_outputs, register_remedy
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ def centre_logit(handoff: Handoff, cfg: CentreLogitConfig, ctx: Context) -> Hand
     if model.config.head not in ("sigmoid-disp", "centred-logit"):
         raise NpuqError(f"centre-logit: needs a sigmoid-disp model, {handoff.checkpoint} has "
                         f"head {model.config.head!r}")
-    rgb = handoff.calib.rgb(input_size(handoff))
-    if cfg.frames and len(rgb) > cfg.frames:
-        rgb = rgb[torch.linspace(0, len(rgb) - 1, cfg.frames).round().long()]
-    lo, hi = _logit_range(model, rgb)
+    lo, hi = _logit_range(model, handoff.calib.rgb(input_size(handoff), cfg.frames))
     centred = to_centred_logit(model, (lo + hi) / 2)
     extra = dict(load_checkpoint_dict(handoff.checkpoint)["extra"])
     extra["centre_logit"] = {"centre": float(centred.head.centre), "logit_range": [lo, hi]}
@@ -56,17 +53,9 @@ def centre_logit(handoff: Handoff, cfg: CentreLogitConfig, ctx: Context) -> Hand
     return dataclasses.replace(handoff, checkpoint=out, notes=notes)
 
 
-@torch.no_grad()
-def _logit_range(model: torch.nn.Module, rgb: torch.Tensor, batch: int = 8) -> tuple[float, float]:
+def _logit_range(model: torch.nn.Module, rgb: torch.Tensor) -> tuple[float, float]:
     """Min and max of the scale-0 dispconv output (the NPU's last stored tensor before the output)."""
-    seen: list[torch.Tensor] = []
-    hook = model.head.convs[0].register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
-    try:
-        for start in range(0, len(rgb), batch):
-            model(rgb[start:start + batch])
-    finally:
-        hook.remove()
-    values = torch.cat(seen)
+    values = module_outputs(model, {0: model.head.convs[0]}, rgb)[0]
     if model.config.head == "centred-logit":
         values = values + model.head.centre
     return float(values.min()), float(values.max())

@@ -22,7 +22,7 @@ import torch
 
 from npuq.errors import NpuqError
 from npuq.quant.profile import CALIBRATOR_VARIANTS, QuantProfile, TensorQuantConfig, calibrator_variants
-from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, module_outputs, register_remedy
 
 NUM_BLOCKS = 10
 CALIBRATORS = ("profile", *CALIBRATOR_VARIANTS, "asym")
@@ -69,11 +69,9 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     from npuq.models.checkpoint import load_checkpoint_dict, load_model, save_checkpoint
 
     model = original = load_model(handoff.checkpoint).eval()
-    rgb = handoff.calib.rgb(input_size(handoff))
-    if cfg.frames and len(rgb) > cfg.frames:
-        rgb = rgb[torch.linspace(0, len(rgb) - 1, cfg.frames).round().long()]
+    rgb = handoff.calib.rgb(input_size(handoff), cfg.frames)
     blocks = cfg.blocks or tuple(range(NUM_BLOCKS))
-    outputs = _block_outputs(model, rgb, blocks)
+    outputs = module_outputs(model, {b: model.decoder.decoder[b] for b in blocks}, rgb)
     profiles = _profiles(handoff.profile, cfg.calibrators)
     chosen: dict[int, dict[str, Any]] = {}
     report: dict[str, Any] = {}
@@ -113,22 +111,6 @@ def conv_macs(model: torch.nn.Module, rgb: torch.Tensor) -> int:
 def _profiles(profile: QuantProfile, names: tuple[str, ...]) -> dict[str, TensorQuantConfig]:
     variants = calibrator_variants(profile)
     return {name: (profile if name == "profile" else variants[name]).activations for name in names}
-
-
-@torch.no_grad()
-def _block_outputs(model: torch.nn.Module, rgb: torch.Tensor, blocks: tuple[int, ...],
-                   batch: int = 8) -> dict[int, torch.Tensor]:
-    """Each block's output (after its activation) on ``rgb``, concatenated over frames."""
-    seen: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
-    hooks = [model.decoder.decoder[b].register_forward_hook(
-        lambda _m, _i, out, b=b: seen[b].append(out.detach().clone())) for b in blocks]
-    try:
-        for start in range(0, len(rgb), batch):
-            model(rgb[start:start + batch])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {b: torch.cat(parts) for b, parts in seen.items()}
 
 
 def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
