@@ -323,6 +323,33 @@ class RangeObserver:
         return lo, hi
 
 
+def observer_from_histogram(cfg: TensorQuantConfig, counts: np.ndarray, lo: float, hi: float,
+                            min_val: float, max_val: float, zero_count: int = 0) -> RangeObserver:
+    """The observer of values summarised by a signed histogram ``counts`` over [lo, hi], re-binned into
+    the observer's own layout and bins (bin centres stand for their values).
+
+    Histograms on fixed bins add up, so a calibration-set search can sum per-frame ones and ask what
+    range each calibrator would pick for any subset without running the model again. ``min_val`` and
+    ``max_val`` are the subset's exact extremes.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    observer = RangeObserver(cfg)
+    observer.min_val, observer.max_val = float(min_val), float(max_val)
+    observer.n = int(round(counts.sum()))
+    observer.zero_count = int(zero_count)
+    centres = lo + (np.arange(counts.size) + 0.5) * (hi - lo) / counts.size
+    values = np.abs(centres) if observer.hist_layout.startswith("abs") else centres
+    if observer.hist_layout == "abs_from_min":
+        observer.absmin = float(values[counts > 0].min()) if (counts > 0).any() else 0.0
+    if observer.needs_histogram and observer.n:
+        h_lo, h_hi = observer.hist_range()
+        if h_hi > h_lo:
+            index = np.clip(((values - h_lo) / (h_hi - h_lo) * observer.bins).astype(np.int64), 0,
+                            observer.bins - 1)
+            observer.hist = np.bincount(index, weights=counts, minlength=observer.bins)
+    return observer
+
+
 def _hist_quantile(hist: np.ndarray, lo: float, hi: float, q: float) -> float:
     """The q-quantile (0..1) of the histogrammed values, interpolated linearly inside its bin."""
     width = (hi - lo) / hist.size

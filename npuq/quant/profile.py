@@ -249,3 +249,14 @@ def calibrator_variants(profile: QuantProfile, asymmetric: bool = True) -> dict[
     if asymmetric:
         variants["asym"] = profile.replace(activations={"symmetric": False})
     return variants
+
+
+# what a search robust to the unknown calibrator checks: the profile's own, then every variant
+CALIBRATOR_CHOICES = ("profile", *CALIBRATOR_VARIANTS, "asym")
+
+
+def activation_calibrators(profile: QuantProfile, names: tuple[str, ...]) -> dict[str, TensorQuantConfig]:
+    """The activation config of each of ``names`` (``CALIBRATOR_CHOICES``): "profile" is ``profile``'s
+    own, the others its ``calibrator_variants``."""
+    variants = calibrator_variants(profile)
+    return {name: (profile if name == "profile" else variants[name]).activations for name in names}

@@ -6,6 +6,7 @@ Importing the package registers the built-in remedies (``REMEDIES``); ``apply_re
 from npuq.remedies import (  # noqa: F401
     activation,
     best,
+    calib_search,
     calibration,
     centre_logit,
     distill,

@@ -21,11 +21,10 @@ from typing import Any
 import torch
 
 from npuq.errors import NpuqError
-from npuq.quant.profile import CALIBRATOR_VARIANTS, QuantProfile, TensorQuantConfig, calibrator_variants
+from npuq.quant.profile import CALIBRATOR_CHOICES, TensorQuantConfig, activation_calibrators
 from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, module_outputs, register_remedy
 
 NUM_BLOCKS = 10
-CALIBRATORS = ("profile", *CALIBRATOR_VARIANTS, "asym")
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class RangeAnchorConfig(RemedyConfig):
     counts: tuple[int, ...] = (1, 4, 16, 32)
     # anchor values; empty: 1.05x, 1.25x, 1.5x, 2x the block's maximum on the calibration frames, 17.6, 24
     values: tuple[float, ...] = ()
-    calibrators: tuple[str, ...] = CALIBRATORS  # "profile": the hand-off's own; others: its variants
+    calibrators: tuple[str, ...] = CALIBRATOR_CHOICES  # "profile": the hand-off's own; others: its variants
     min_gain: float = 1.5  # worst-case error without anchors / with, needed to add them (0: always)
     # calibration frames the search looks at (evenly spaced; 0: all). An anchor below the maximum of
     # the whole set no longer pins the range: a subset is for quick tries only
@@ -50,9 +49,9 @@ class RangeAnchorConfig(RemedyConfig):
             raise NpuqError(f"range-anchor: counts must be integers >= 1, got {list(self.counts)}")
         if any(v <= 0 for v in self.values):
             raise NpuqError(f"range-anchor: values must be positive, got {list(self.values)}")
-        unknown = [c for c in self.calibrators if c not in CALIBRATORS]
+        unknown = [c for c in self.calibrators if c not in CALIBRATOR_CHOICES]
         if unknown or not self.calibrators:
-            raise NpuqError(f"range-anchor: calibrators must be among {', '.join(CALIBRATORS)}, "
+            raise NpuqError(f"range-anchor: calibrators must be among {', '.join(CALIBRATOR_CHOICES)}, "
                             f"got {list(self.calibrators)}")
         if self.min_gain < 0 or self.frames < 0:
             raise NpuqError("range-anchor: min_gain and frames must be >= 0")
@@ -72,7 +71,7 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     rgb = handoff.calib.rgb(input_size(handoff), cfg.frames)
     blocks = cfg.blocks or tuple(range(NUM_BLOCKS))
     outputs = module_outputs(model, {b: model.decoder.decoder[b] for b in blocks}, rgb)
-    profiles = _profiles(handoff.profile, cfg.calibrators)
+    profiles = activation_calibrators(handoff.profile, cfg.calibrators)
     chosen: dict[int, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for block in blocks:
@@ -106,11 +105,6 @@ def conv_macs(model: torch.nn.Module, rgb: torch.Tensor) -> int:
         for hook in hooks:
             hook.remove()
     return total
-
-
-def _profiles(profile: QuantProfile, names: tuple[str, ...]) -> dict[str, TensorQuantConfig]:
-    variants = calibrator_variants(profile)
-    return {name: (profile if name == "profile" else variants[name]).activations for name in names}
 
 
 def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],

@@ -4,9 +4,9 @@ import torch
 
 from npuq.models.anchors import anchor_blocks
 from npuq.models.checkpoint import load_model
-from npuq.quant.profile import load_profile
+from npuq.quant.profile import activation_calibrators, load_profile
 from npuq.remedies import apply_remedy
-from npuq.remedies.range_anchor import RangeAnchorConfig, _profiles, search_block
+from npuq.remedies.range_anchor import RangeAnchorConfig, search_block
 
 DEFAULT = load_profile("npu-default")
 
@@ -23,7 +23,7 @@ def _elu_like(trapped_share: float = 0.3) -> torch.Tensor:
 
 def test_the_tensorrt_kl_trap_at_one_is_found_and_anchors_lift_it():
     cfg = RangeAnchorConfig(calibrators=("profile",))
-    best, rows = search_block(_elu_like(), _profiles(DEFAULT, cfg.calibrators), cfg)
+    best, rows = search_block(_elu_like(), activation_calibrators(DEFAULT, cfg.calibrators), cfg)
     assert abs(rows[0]["range_hi"]["profile"] - 1.0) < 0.05  # without anchors: the threshold is the spike
     assert best is not None and best["gain"] >= cfg.min_gain
     assert best["range_hi"]["profile"] > 2.0 and best["value"] >= 10.0
@@ -32,7 +32,7 @@ def test_the_tensorrt_kl_trap_at_one_is_found_and_anchors_lift_it():
 def test_no_anchors_where_no_calibrator_is_trapped():
     x = torch.nn.functional.elu(torch.randn(4, 8, 16, 16, generator=torch.Generator().manual_seed(1)))
     cfg = RangeAnchorConfig(calibrators=("minmax", "mse"))
-    best, rows = search_block(x, _profiles(DEFAULT, cfg.calibrators), cfg)
+    best, rows = search_block(x, activation_calibrators(DEFAULT, cfg.calibrators), cfg)
     assert best is None and len(rows) > 1  # candidates were scored, none pays
 
 
@@ -41,8 +41,9 @@ def test_the_worst_calibrator_decides():
     # the choice is the smallest anchor value that lifts the trap
     x = _elu_like()
     cfg = RangeAnchorConfig(calibrators=("profile", "minmax"))
-    best, rows = search_block(x, _profiles(DEFAULT, cfg.calibrators), cfg)
-    alone, _ = search_block(x, _profiles(DEFAULT, ("profile",)), RangeAnchorConfig(calibrators=("profile",)))
+    best, rows = search_block(x, activation_calibrators(DEFAULT, cfg.calibrators), cfg)
+    only_own = RangeAnchorConfig(calibrators=("profile",))
+    alone, _ = search_block(x, activation_calibrators(DEFAULT, only_own.calibrators), only_own)
     same = next(r for r in rows if (r["count"], r["value"]) == (alone["count"], alone["value"]))
     assert best is not None and best["mse"]["minmax"] <= same["mse"]["minmax"]
     assert best["worst_mse"] == max(best["mse"].values()) == min(r["worst_mse"] for r in rows[1:])
