@@ -1,13 +1,14 @@
 """Robustness matrix: each remedy's hand-off re-quantized under every calibrator variant npuq models.
 
-    python bench/robustness.py --only 7scenes [--rows reference,relu,leaky_relu]
+    python bench/robustness.py --only 7scenes|synthetic [--rows reference,relu,leaky_relu]
 
 A remedy counts only if it holds under every calibrator: the vendor's is unknown. Rows are remedies
-applied to the 7-Scenes reference (training frames 0-719, validation 720-799, the Baseline's 100
-random calibration frames of 0-799, seed 0); columns are a fresh simulated PTQ of the hand-off under
+applied to the reference: 7-Scenes (training frames 0-719, validation 720-799, the Baseline's 100
+random calibration frames of 0-799, seed 0) or the embedded synthetic sequences (their train, val and
+test parts; calibration from the train part); columns are a fresh simulated PTQ of the hand-off under
 npu-default (TensorRT-style KL, bias correction on and off), ONNX Runtime's entropy, MSE, percentile
 99.99, min/max and TensorRT-style KL on an asymmetric grid (npu-asym), each keeping what the hand-off
-requests (its FP16 layers), scored on test frames 800-999. Remedy outputs are cached under
+requests (its FP16 layers), scored on the test frames (7-Scenes 800-999). Remedy outputs are cached under
 .npuq-cache/bench/robustness/.
 """
 
@@ -34,16 +35,22 @@ LOG_DEPTH = ("head", {"head": "log-depth", "steps": 400})
 ANCHORS = ("range-anchor", {})
 CENTRE = ("centre-logit", {})
 FP16 = ("mixed-precision", {"target": 1.05})
+CALIB = ("calib-search", {})
 ROWS = {
     "reference": [],
     "range-anchor": [ANCHORS],
     "centre-logit": [CENTRE],
     "centre-logit+range-anchor": [CENTRE, ANCHORS],
+    "calib-search": [CALIB],
+    "centre-logit+calib-search": [CENTRE, CALIB],
     "relu": [RELU],
     "leaky_relu": [("activation", {"activation": "leaky_relu", "steps": 300, "supervised": 1.0})],
     "log-depth": [LOG_DEPTH],
     "mixed-precision": [FP16],
     "qaf": [("qaf", {"steps": 200})],
+    "distill": [("distill", {"steps": 200})],
+    "centre-logit+qaf": [CENTRE, ("qaf", {"steps": 200})],
+    "centre-logit+distill": [CENTRE, ("distill", {"steps": 200})],
 }
 DEFAULT = load_profile("npu-default")
 
@@ -58,9 +65,13 @@ def columns(profile: QuantProfile) -> dict[str, QuantProfile]:
 
 COLUMNS = list(columns(DEFAULT))
 SCENES = str(SEVEN_SCENES)
+SYNTH = RUNS["synthetic"]["test"].removesuffix(",part=test")
 DATA = {"7scenes": {"train": DataRef(SCENES, (0, 720)), "val": DataRef(SCENES, (720, 800)),
-                    "calib_pool": DataRef(str(SEVEN_SCENES), (0, 800)),
-                    "test": DataRef(str(SEVEN_SCENES), (800, 1000)), "metric": MetricConfig(0.1, 10.0)}}
+                    "calib_pool": DataRef(SCENES, (0, 800)),
+                    "test": DataRef(SCENES, (800, 1000)), "metric": MetricConfig(0.1, 10.0)},
+        "synthetic": {"train": DataRef(f"{SYNTH},part=train"), "val": DataRef(f"{SYNTH},part=val"),
+                      "calib_pool": DataRef(f"{SYNTH},part=train"), "test": DataRef(f"{SYNTH},part=test"),
+                      "metric": RUNS["synthetic"]["metric"]}}
 
 
 def remedy_output(steps, start, ctx):

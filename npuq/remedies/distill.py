@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from npuq.errors import NpuqError
 from npuq.models.heads import as_tuple
-from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+from npuq.remedies.base import Context, Handoff, RemedyConfig, fresh_ptq_curve, input_size, register_remedy
 
 DEFAULT_FEATURES = ("decoder.decoder.3.nonlin", "decoder.decoder.5.nonlin", "decoder.decoder.7.nonlin")
 
@@ -39,6 +39,8 @@ class DistillConfig(RemedyConfig):
     feature_weight: float = 1.0
     supervised: float = 0.0
     recalibrate_every: int | None = 25
+    # every k steps (and at the end), a fresh PTQ on the validation frames into notes["curve"] (0: off)
+    curve_every: int = 0
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.lr <= 0 or self.batch_size <= 0:
@@ -49,6 +51,8 @@ class DistillConfig(RemedyConfig):
             raise NpuqError("distill: at least one loss weight must be positive")
         if self.recalibrate_every is not None and self.recalibrate_every <= 0:
             raise NpuqError("distill: recalibrate_every must be positive or null")
+        if self.curve_every < 0:
+            raise NpuqError("distill: curve_every must be >= 0")
 
     @classmethod
     def smoke(cls) -> DistillConfig:
@@ -106,9 +110,11 @@ def distill(handoff: Handoff, cfg: DistillConfig, ctx: Context) -> Handoff:
     teacher = load_model(handoff.checkpoint).to(resolve_device(ctx.device))
     student = load_model(handoff.checkpoint).eval()
     out = ctx.work_dir / "distill.pt"
+    curve, record = fresh_ptq_curve(handoff, ctx) if cfg.curve_every else ([], None)
     finetune_through_quantsim(student, handoff.profile, handoff.calib.rgb(size), ctx.train.open(size),
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=("decoder.", "head."), recalibrate_every=cfg.recalibrate_every,
                               force=True, progress=ctx.progress, device=ctx.device, kind="distill",
+                              curve_every=cfg.curve_every, on_curve=record,
                               objective_for=lambda sim: Distillation(sim, teacher, student.head, cfg))
-    return dataclasses.replace(handoff, checkpoint=out, notes={})
+    return dataclasses.replace(handoff, checkpoint=out, notes={"curve": curve} if curve else {})

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from npuq.errors import NpuqError
-from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+from npuq.remedies.base import Context, Handoff, RemedyConfig, fresh_ptq_curve, input_size, register_remedy
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class QafConfig(RemedyConfig):
     lr: float = 2e-5
     batch_size: int = 4
     recalibrate_every: int | None = 25
+    # every k steps (and at the end), a fresh PTQ on the validation frames into notes["curve"] (0: off)
+    curve_every: int = 0
     prefixes: tuple[str, ...] = ("decoder.", "head.")  # which float parameters train
     anchor: float = 0.0  # weight of the float-prediction anchor to the reference (0: off)
 
@@ -35,6 +37,8 @@ class QafConfig(RemedyConfig):
             raise NpuqError("qaf: steps, lr and batch_size must be positive")
         if self.recalibrate_every is not None and self.recalibrate_every <= 0:
             raise NpuqError("qaf: recalibrate_every must be positive or null")
+        if self.curve_every < 0:
+            raise NpuqError("qaf: curve_every must be >= 0")
         if self.anchor < 0:
             raise NpuqError("qaf: anchor must be >= 0")
 
@@ -73,6 +77,7 @@ def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -
     size = input_size(handoff)
     model = load_model(handoff.checkpoint).eval()
     out = ctx.work_dir / "qaf.pt"
+    curve, record = fresh_ptq_curve(handoff, ctx) if cfg.curve_every else ([], None)
     objective_for = None
     if cfg.anchor:
         from npuq.device import resolve_device
@@ -83,5 +88,5 @@ def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=cfg.prefixes, recalibrate_every=cfg.recalibrate_every, force=True,
                               progress=ctx.progress, device=ctx.device, objective_for=objective_for,
-                              kind="qaf")
-    return dataclasses.replace(handoff, checkpoint=out, notes={})
+                              kind="qaf", curve_every=cfg.curve_every, on_curve=record)
+    return dataclasses.replace(handoff, checkpoint=out, notes={"curve": curve} if curve else {})

@@ -106,12 +106,14 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
                       lr: float, seed: int, batch_size: int = DEFAULT_BATCH, progress: bool = False,
                       calib_batches: Sequence[Tensor] | None = None,
                       recalibrate_every: int | None = None,
-                      objective: Objective | None = None) -> list[float]:
+                      objective: Objective | None = None,
+                      every_step: Callable[[int], None] | None = None) -> list[float]:
     """Train the sim's parameters ``names`` for ``steps`` Adam steps on ``objective`` (default: ``head_loss``
     of the simulated INT8 outputs, scale 0). Returns the loss of every step. ``head`` supplies
     encode/decode only.
 
     ``recalibrate_every=k`` (needs ``calib_batches``) runs ``recalibrate`` before steps k, 2k, ...
+    ``every_step(step)`` runs before every step (after the re-calibration).
     """
     params = _sim_parameters(sim, names)
     if not params:
@@ -125,6 +127,8 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
     def before_step(step: int) -> None:
         if recalibrate_every and step and step % recalibrate_every == 0:
             recalibrate(sim, [b.to(device) for b in calib_batches])
+        if every_step is not None:
+            every_step(step)
 
     # the trace is the eval-mode model; train() would only touch unfolded BN statistics
     hooks = Hooks(before_step=before_step, train_mode=nn.Module.eval)
@@ -159,7 +163,8 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                               recalibrate_every: int | None = None, force: bool = False,
                               progress: bool = False, device: str = "cpu",
                               objective_for: Callable[[QuantSim], Objective] | None = None,
-                              kind: str = "quantsim-finetune") -> Path:
+                              kind: str = "quantsim-finetune", curve_every: int | None = None,
+                              on_curve: Callable[[int, nn.Module], None] | None = None) -> Path:
     """Fake-quant fine-tune of ``model`` (a DepthResNet, changed in place) and save it as a float checkpoint.
 
     ``profile``: a QuantProfile or a profile name / path. ``calib_rgb``: calibration images for
@@ -169,7 +174,9 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     docstring). ``recalibrate_every``: see the module docstring (default: scales frozen). The
     checkpoint's ``extra["train"]["config"]["size"]`` is the training size, as ``npuq train`` writes it;
     ``extra["qaf"]`` lists the trained parameters and the losses. ``objective_for(sim)`` replaces the
-    default head loss (distillation hooks into the sim it is given).
+    default head loss (distillation hooks into the sim it is given). ``on_curve(step, model)`` sees the
+    float model with the weights of steps ``curve_every``, 2x, ... and of the last step (to measure a
+    fresh PTQ of each; it must not change the model).
     """
     if steps <= 0 or lr <= 0 or batch_size <= 0:
         raise NpuqError(f"quantsim fine-tune: steps, lr and batch_size must be positive "
@@ -186,12 +193,19 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     if not names:
         raise NpuqError("quantsim fine-tune: every parameter was changed by BN folding / CLE (or excluded "
                         f"by prefixes {list(prefixes or [])}); nothing can be mapped back to the float model")
+    def snapshot(step: int) -> None:
+        if on_curve is not None and curve_every and step and step % curve_every == 0:
+            write_back(sim, model, names)
+            on_curve(step, model.eval())
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         objective = objective_for(sim) if objective_for is not None else None
         losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size, progress,
-                                   batches, recalibrate_every, objective)
+                                   batches, recalibrate_every, objective, snapshot)
     write_back(sim, model, names)
+    if on_curve is not None and curve_every:
+        on_curve(steps, model.eval())
     model.eval().cpu()
     from npuq.models.checkpoint import save_checkpoint
 
