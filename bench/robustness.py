@@ -36,6 +36,8 @@ ANCHORS = ("range-anchor", {})
 CENTRE = ("centre-logit", {})
 FP16 = ("mixed-precision", {"target": 1.05})
 CALIB = ("calib-search", {})
+QAF = ("qaf", {"steps": 200, "curve_every": 50})
+DISTILL = ("distill", {"steps": 200, "curve_every": 50})
 ROWS = {
     "reference": [],
     "range-anchor": [ANCHORS],
@@ -47,10 +49,10 @@ ROWS = {
     "leaky_relu": [("activation", {"activation": "leaky_relu", "steps": 300, "supervised": 1.0})],
     "log-depth": [LOG_DEPTH],
     "mixed-precision": [FP16],
-    "qaf": [("qaf", {"steps": 200})],
-    "distill": [("distill", {"steps": 200})],
-    "centre-logit+qaf": [CENTRE, ("qaf", {"steps": 200})],
-    "centre-logit+distill": [CENTRE, ("distill", {"steps": 200})],
+    "qaf": [QAF],
+    "distill": [DISTILL],
+    "centre-logit+qaf": [CENTRE, QAF],
+    "centre-logit+distill": [CENTRE, DISTILL],
 }
 DEFAULT = load_profile("npu-default")
 
@@ -120,8 +122,19 @@ def main() -> None:
         row["npu-default / ref FP32"] = row["kl/tensorrt"] / reference_fp32
         row["worst / ref FP32"] = max(row[c] for c in COLUMNS) / reference_fp32
         rows = sorted([*rows, row], key=lambda r: list(ROWS).index(r["remedy"]))
+        if "curve" in handoff.notes:
+            _publish_curve(args.only, name, handoff.notes["curve"])
         print(f"{name}: FP32 of the hand-off {row['FP32 (hand-off)']:.4f}", flush=True)
         _publish(args.only, rows, spec, ckpt, reference_fp32)  # after every row: a partial run keeps its rows
+
+
+def _publish_curve(only: str, name: str, curve: list[dict]) -> None:
+    """The fine-tune's curve: a fresh PTQ of its weights every k steps, on the validation frames."""
+    start = curve[0]["val_fp32"]  # step 0: the fine-tune's input
+    rows = [{"step": p["step"], "val FP32 (hand-off)": p["val_fp32"], "val INT8": p["val_int8"],
+             "val INT8 / step-0 val FP32": p["val_int8"] / start} for p in curve]
+    publish(f"curve-{name}-{only}", f"{name} ({only}): fresh PTQ along the fine-tune, validation frames",
+            rows, list(rows[0]), {"steps": ROWS[name], "validation": str(DATA[only]["val"])})
 
 
 def _earlier_rows(only: str, reference_fp32: float) -> list[dict]:

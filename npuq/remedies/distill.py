@@ -39,7 +39,7 @@ class DistillConfig(RemedyConfig):
     feature_weight: float = 1.0
     supervised: float = 0.0
     recalibrate_every: int | None = 25
-    # every k steps (and at the end), a fresh PTQ on the validation frames into notes["curve"] (0: off)
+    # a fresh PTQ on the validation frames at step 0, every k steps and at the end: notes["curve"] (0: off)
     curve_every: int = 0
 
     def __post_init__(self) -> None:

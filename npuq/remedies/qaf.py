@@ -27,7 +27,7 @@ class QafConfig(RemedyConfig):
     lr: float = 2e-5
     batch_size: int = 4
     recalibrate_every: int | None = 25
-    # every k steps (and at the end), a fresh PTQ on the validation frames into notes["curve"] (0: off)
+    # a fresh PTQ on the validation frames at step 0, every k steps and at the end: notes["curve"] (0: off)
     curve_every: int = 0
     prefixes: tuple[str, ...] = ("decoder.", "head.")  # which float parameters train
     anchor: float = 0.0  # weight of the float-prediction anchor to the reference (0: off)

@@ -175,7 +175,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     checkpoint's ``extra["train"]["config"]["size"]`` is the training size, as ``npuq train`` writes it;
     ``extra["qaf"]`` lists the trained parameters and the losses. ``objective_for(sim)`` replaces the
     default head loss (distillation hooks into the sim it is given). ``on_curve(step, model)`` sees the
-    float model with the weights of steps ``curve_every``, 2x, ... and of the last step (to measure a
+    float model with the weights of steps 0, ``curve_every``, 2x, ... and of the last step (to measure a
     fresh PTQ of each; it must not change the model).
     """
     if steps <= 0 or lr <= 0 or batch_size <= 0:
@@ -194,7 +194,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
         raise NpuqError("quantsim fine-tune: every parameter was changed by BN folding / CLE (or excluded "
                         f"by prefixes {list(prefixes or [])}); nothing can be mapped back to the float model")
     def snapshot(step: int) -> None:
-        if on_curve is not None and curve_every and step and step % curve_every == 0:
+        if on_curve is not None and curve_every and step % curve_every == 0:
             write_back(sim, model, names)
             on_curve(step, model.eval())
 

@@ -13,8 +13,10 @@ from npuq.remedies.qaf import QafConfig
 def test_the_curve_ends_with_a_fresh_ptq_of_the_hand_off(config, handoff, context):
     result = apply_remedy(handoff, config, context)
     curve = result.notes["curve"]
-    assert [p["step"] for p in curve] == [1, 2]
+    assert [p["step"] for p in curve] == [0, 1, 2]
     final = measure(result, context.val, context.metric)
+    start = measure(handoff, context.val, context.metric)
+    assert curve[0]["val_int8"] == pytest.approx(start.int8["abs_rel"], rel=1e-6)
     assert curve[-1]["val_int8"] == pytest.approx(final.int8["abs_rel"], rel=1e-6)
     assert curve[-1]["val_fp32"] == pytest.approx(final.fp32["abs_rel"], rel=1e-6)
 
