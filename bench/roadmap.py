@@ -23,8 +23,11 @@ from reference import RUNS, reference_checkpoint
 from npuq.io import write_json
 from npuq.report.tables import machine_info
 
+SYNTH = RUNS["synthetic"]["test"].removesuffix(",part=test")
 DATA = {"7scenes": {"data": str(SEVEN_SCENES), "frames": "0:800", "test": str(SEVEN_SCENES),
-                    "test_frames": "800:1000", "max_depth": "10"}}
+                    "test_frames": "800:1000", "max_depth": "10"},
+        "synthetic": {"data": f"{SYNTH},part=train", "val": f"{SYNTH},part=val",
+                      "test": f"{SYNTH},part=test", "max_depth": "20"}}
 
 
 def main() -> None:
@@ -47,9 +50,11 @@ def _run(plan: str, only: str, seed: int, target) -> dict:
     spec = DATA[only]
     out = CACHE / "roadmap" / (f"{plan}-{only}" + (f"-seed{seed}" if seed else ""))
     command = [sys.executable, "-m", "npuq.cli", "roadmap", plan, "--model", ckpt,
-               "--data", spec["data"], "--frames", spec["frames"], "--test", spec["test"],
-               "--test-frames", spec["test_frames"], "--seed", str(seed),
+               "--data", spec["data"], "--test", spec["test"], "--seed", str(seed),
                "--max-depth", spec["max_depth"], "--out", str(out), "--lang", "ko", "--force"]
+    for option in ("frames", "val", "test_frames"):
+        if option in spec:
+            command += [f"--{option.replace('_', '-')}", spec[option]]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started

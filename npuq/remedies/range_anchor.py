@@ -107,18 +107,24 @@ def conv_macs(model: torch.nn.Module, rgb: torch.Tensor) -> int:
     return total
 
 
+ANCHOR_BINS = 1 << 14  # signed bins over [-bound, bound]; bound: the largest anchor value tried
+
+
 def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
                  cfg: RangeAnchorConfig) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The best (count, value) of anchors for block output ``x`` [N,C,H,W], or None if none beats
-    no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top)."""
+    no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top).
+
+    One histogram of ``x`` on fixed bins serves every candidate: the anchors add ``count`` planes of
+    ``value`` to one bin, each calibrator picks its range from that, and the error is measured on
+    the histogram of the real values alone."""
     absmax = float(x.abs().max())
     values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
-    plane = x.shape[0] * x.shape[2] * x.shape[3]
-    flat = x.flatten()
-    rows = [_score(flat, 0, 0.0, plane, calibrators)]
-    for count in sorted({min(c, x.shape[1]) for c in cfg.counts}):
-        for value in sorted({float(v) for v in values if v >= absmax}):
-            rows.append(_score(flat, count, value, plane, calibrators))
+    values = sorted({float(v) for v in values if v >= absmax})
+    counts = sorted({min(c, x.shape[1]) for c in cfg.counts})
+    block = _BlockHistogram(x, max([absmax, *values]))
+    rows = [block.score(0, 0.0, calibrators)]
+    rows += [block.score(count, value, calibrators) for count in counts for value in values]
     base = rows[0]["worst_mse"]
     best = min(rows[1:], key=lambda r: r["worst_mse"], default=None)
     gain = base / best["worst_mse"] if best and best["worst_mse"] > 0 else 0.0
@@ -127,20 +133,32 @@ def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
     return {**best, "gain": gain}, rows
 
 
-def _score(flat: torch.Tensor, count: int, value: float, plane: int,
-           calibrators: dict[str, TensorQuantConfig]) -> dict[str, Any]:
-    from npuq.quant.observers import RangeObserver
-    from npuq.quant.quantizer import IntGrid, fake_quant, scale_zero_point
+class _BlockHistogram:
+    def __init__(self, x: torch.Tensor, bound: float) -> None:
+        from npuq.quant.observers import HistogramError
 
-    seen = torch.cat([flat, flat.new_full((count * plane,), value)]) if count else flat
-    mse, top = {}, {}
-    for name, tcfg in calibrators.items():
-        observer = RangeObserver(tcfg)
-        observer.observe_minmax(seen)
-        observer.observe_histogram(seen)
-        grid = IntGrid.for_config(tcfg)
-        lo, hi = observer.compute_range(grid)
-        scale, zero_point = scale_zero_point(lo, hi, grid)
-        mse[name] = float((fake_quant(flat, scale, zero_point, grid) - flat).square().mean())
-        top[name] = hi
-    return {"count": count, "value": value, "worst_mse": max(mse.values()), "mse": mse, "range_hi": top}
+        self.bound, self.plane = bound, x.shape[0] * x.shape[2] * x.shape[3]
+        self.n, self.min_val, self.max_val = x.numel(), float(x.min()), float(x.max())
+        self.zeros = int(x.eq(0).count_nonzero())
+        self.hist = torch.histc(x.float().clamp(-bound, bound), ANCHOR_BINS, -bound, bound).double().numpy()
+        self.real = HistogramError(self.hist, -bound, bound)
+
+    def score(self, count: int, value: float, calibrators: dict[str, TensorQuantConfig]) -> dict[str, Any]:
+        from npuq.quant.observers import observer_from_histogram
+        from npuq.quant.quantizer import IntGrid, scale_zero_point
+
+        seen = self.hist.copy()
+        lo_val, hi_val = self.min_val, self.max_val
+        if count:
+            at = min(int((value + self.bound) / (2 * self.bound) * ANCHOR_BINS), ANCHOR_BINS - 1)
+            seen[at] += count * self.plane
+            lo_val, hi_val = min(lo_val, value), max(hi_val, value)
+        mse, top = {}, {}
+        for name, tcfg in calibrators.items():
+            grid = IntGrid.for_config(tcfg)
+            observer = observer_from_histogram(tcfg, seen, -self.bound, self.bound, lo_val, hi_val,
+                                               self.zeros)
+            lo, hi = observer.compute_range(grid)
+            mse[name] = self.real.error(*scale_zero_point(lo, hi, grid), grid) / self.n
+            top[name] = hi
+        return {"count": count, "value": value, "worst_mse": max(mse.values()), "mse": mse, "range_hi": top}
