@@ -18,6 +18,7 @@ tensor (a saturation spike that an entropy search locks onto) which frames go in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -79,13 +80,17 @@ class TensorStats:
     maxs: np.ndarray
     zeros: np.ndarray
 
-    def error(self, lo: float, hi: float, grid) -> float:
+    @functools.cached_property
+    def pool_error(self):
         from npuq.quant.observers import HistogramError
+
+        return HistogramError(self.hist.sum(0), -self.bound, self.bound)
+
+    def error(self, lo: float, hi: float, grid) -> float:
+        """Squared error on every candidate frame of the grid that range (lo, hi) gives."""
         from npuq.quant.quantizer import scale_zero_point
 
-        if not hasattr(self, "_pool_error"):
-            self._pool_error = HistogramError(self.hist.sum(0), -self.bound, self.bound)
-        return self._pool_error.error(*scale_zero_point(lo, hi, grid), grid)
+        return self.pool_error.error(*scale_zero_point(lo, hi, grid), grid)
 
     def chosen_range(self, frames: np.ndarray, cfg: TensorQuantConfig, grid) -> tuple[float, float]:
         """The range ``cfg``'s calibrator picks from ``frames`` (indices into the candidates)."""
