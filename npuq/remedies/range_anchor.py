@@ -116,8 +116,8 @@ def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
     no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top).
 
     One histogram of ``x`` on fixed bins serves every candidate: the anchors add ``count`` planes of
-    ``value`` to one bin, each calibrator picks its range from that, and the error is that of the
-    real values plus the anchors' own (a clipped anchor no longer cancels against the bias)."""
+    ``value`` to one bin, each calibrator picks its range from that, and the error is measured on
+    the histogram of the real values alone."""
     absmax = float(x.abs().max())
     values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
     values = sorted({float(v) for v in values if v >= absmax})
@@ -145,7 +145,7 @@ class _BlockHistogram:
 
     def score(self, count: int, value: float, calibrators: dict[str, TensorQuantConfig]) -> dict[str, Any]:
         from npuq.quant.observers import observer_from_histogram
-        from npuq.quant.quantizer import IntGrid, fake_quant, scale_zero_point
+        from npuq.quant.quantizer import IntGrid, scale_zero_point
 
         seen = self.hist.copy()
         lo_val, hi_val = self.min_val, self.max_val
@@ -159,10 +159,6 @@ class _BlockHistogram:
             observer = observer_from_histogram(tcfg, seen, -self.bound, self.bound, lo_val, hi_val,
                                                self.zeros)
             lo, hi = observer.compute_range(grid)
-            scale, zero_point = scale_zero_point(lo, hi, grid)
-            # a clipped anchor breaks the rewrite: the consumer subtracts the full value through its bias
-            stored = float(fake_quant(torch.tensor([value]), scale, zero_point, grid)[0])
-            error = self.real.error(scale, zero_point, grid) + count * self.plane * (stored - value) ** 2
-            mse[name] = error / self.n
+            mse[name] = self.real.error(*scale_zero_point(lo, hi, grid), grid) / self.n
             top[name] = hi
         return {"count": count, "value": value, "worst_mse": max(mse.values()), "mse": mse, "range_hi": top}

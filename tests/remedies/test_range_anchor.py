@@ -66,16 +66,3 @@ def test_the_notes_count_the_work_the_anchors_add(handoff, context):
                         context.within("b"))
     assert none.notes["mac_overhead"] == 0.0 and not none.notes["anchors"]
     assert some.notes["mac_overhead"] > 0.0 and some.notes["anchors"]["9"][0] == 4
-
-
-def test_an_anchor_the_calibrator_clips_is_never_chosen():
-    # a 90th-percentile range clips one anchor channel of 129: the consumer would then subtract
-    # more than it reads, so the candidate must score worse than no anchors at all
-    g = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.elu(torch.randn(2, 128, 8, 8, generator=g) * 0.7)
-    x.view(-1)[0] = 40.0
-    clipping = DEFAULT.replace(activations={"range": "percentile", "percentile": 90.0})
-    cfg = RangeAnchorConfig(calibrators=("profile",), counts=(1,), values=(50.0,))
-    best, rows = search_block(x, activation_calibrators(clipping, cfg.calibrators), cfg)
-    assert rows[1]["range_hi"]["profile"] < 10.0
-    assert rows[1]["worst_mse"] > 100 * rows[0]["worst_mse"] and best is None
