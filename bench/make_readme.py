@@ -74,13 +74,20 @@ SECTIONS = [
     ("Phase 2: output heads, synthetic", "heads-synthetic", "python bench/heads.py --only synthetic"),
     ("Robustness matrix: remedies under every calibrator, 7-Scenes", "robustness-7scenes",
      "python bench/robustness.py --only 7scenes"),
+    ("Robustness matrix: remedies under every calibrator, synthetic", "robustness-synthetic",
+     "python bench/robustness.py --only synthetic"),
+    ("The recommended chain over three seeds, 7-Scenes", "roadmap-recommended-7scenes-seeds",
+     "python bench/roadmap.py --plan recommended --only 7scenes --seeds 0,1,2"),
+    *((f"Fine-tune curve: {row}, 7-Scenes", f"curve-{row}-7scenes", "python bench/robustness.py --only "
+       f"7scenes --rows {row}") for row in ("qaf", "distill", "centre-logit+qaf", "centre-logit+distill")),
     ("Mixed precision: FP16 share against INT8 abs_rel, 7-Scenes", "mixed-precision-7scenes",
      "python bench/mixed_precision.py --only 7scenes"),
     ("Probe kit: identifying ONNX Runtime's quantize_static", "probe-onnxruntime",
      "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
-ROADMAPS = [("recommended", "7scenes"), ("path-c", "7scenes"), ("path-b", "7scenes")]
+ROADMAPS = [("recommended", "7scenes"), ("recommended", "synthetic"), ("path-c", "7scenes"),
+            ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
                                           "mixed-precision-7scenes")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
