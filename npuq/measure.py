@@ -11,6 +11,7 @@ alternatives too, and remedies must not import the runner that imports them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from npuq.quant import QuantSim, simulate_ptq
 from npuq.quant.profile import QuantProfile
 
 if TYPE_CHECKING:
-    from npuq.remedies.base import DataRef, Handoff
+    from npuq.remedies.base import Context, DataRef, Handoff
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,25 @@ def measure(handoff: Handoff, test: DataRef, metric: MetricConfig | None = None,
     int8 = fresh_ptq_metrics(model, handoff.profile, handoff.calib.rgb(size), dataset, metric, device,
                              progress, batch_size)
     return Score(fp32, int8.metrics, reference_fp32)
+
+
+def fresh_ptq_curve(handoff: Handoff, ctx: Context) -> tuple[list[dict[str, float]],
+                                                            Callable[[int, torch.nn.Module], None]]:
+    """The points and the recorder for a fine-tune's ``on_curve(step, model)``: the float model's and
+    a fresh PTQ's abs_rel (the hand-off's profile and calibration set) on the validation frames."""
+    from npuq.pipeline import training_size
+
+    size = training_size(handoff.checkpoint)
+    val = ctx.val.open(size, "native")
+    calib = handoff.calib.rgb(size)
+    points: list[dict[str, float]] = []
+
+    def record(step: int, model: torch.nn.Module) -> None:
+        fp32 = float_metrics(model, val, ctx.metric, ctx.device)["abs_rel"]
+        int8 = fresh_ptq_metrics(model, handoff.profile, calib, val, ctx.metric, ctx.device)
+        points.append({"step": step, "val_fp32": fp32, "val_int8": int8.metrics["abs_rel"]})
+
+    return points, record
 
 
 def _numbers(result: dict[str, Any]) -> dict[str, float]:

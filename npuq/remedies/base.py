@@ -161,25 +161,6 @@ def module_outputs(model: torch.nn.Module, modules: Mapping[Any, torch.nn.Module
     return {key: torch.cat(parts) for key, parts in seen.items()}
 
 
-def fresh_ptq_curve(handoff: Handoff, ctx: Context) -> tuple[list[dict[str, float]],
-                                                            Callable[[int, torch.nn.Module], None]]:
-    """The points and the recorder for a fine-tune's ``on_curve(step, model)``: the float model's and
-    a fresh PTQ's abs_rel (the hand-off's profile and calibration set) on the validation frames."""
-    from npuq.measure import float_metrics, fresh_ptq_metrics
-
-    size = input_size(handoff)
-    val = ctx.val.open(size, "native")
-    calib = handoff.calib.rgb(size)
-    points: list[dict[str, float]] = []
-
-    def record(step: int, model: torch.nn.Module) -> None:
-        fp32 = float_metrics(model, val, ctx.metric, ctx.device)["abs_rel"]
-        int8 = fresh_ptq_metrics(model, handoff.profile, calib, val, ctx.metric, ctx.device)
-        points.append({"step": step, "val_fp32": fp32, "val_int8": int8.metrics["abs_rel"]})
-
-    return points, record
-
-
 def input_size(handoff: Handoff) -> tuple[int, int]:
     from npuq.pipeline import training_size
 

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from npuq.errors import NpuqError
+from npuq.measure import fresh_ptq_curve
 from npuq.models.heads import as_tuple
-from npuq.remedies.base import Context, Handoff, RemedyConfig, fresh_ptq_curve, input_size, register_remedy
+from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
 
 DEFAULT_FEATURES = ("decoder.decoder.3.nonlin", "decoder.decoder.5.nonlin", "decoder.decoder.7.nonlin")
 

@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from npuq.errors import NpuqError
-from npuq.remedies.base import Context, Handoff, RemedyConfig, fresh_ptq_curve, input_size, register_remedy
+from npuq.measure import fresh_ptq_curve
+from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
 
 
 @dataclass(frozen=True)

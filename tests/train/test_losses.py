@@ -46,7 +46,11 @@ def test_silog_keeps_15_percent_of_a_global_scale_error():
     gt = m([[1.0, 3.0], [5.0, 7.0]])
     # d = log 2 everywhere: sqrt(log2^2 - 0.85 log2^2) = sqrt(0.15) log 2
     assert float(silog_loss(2 * gt, gt, ALL)) == pytest.approx(math.sqrt(0.15) * math.log(2), rel=1e-5)
-    assert float(silog_loss(2 * gt, gt, ALL, lam=1.0)) == pytest.approx(0.0, abs=1e-5)
+    # lam=1 is fully scale invariant: only float32 rounding of log2^2 - log2^2 is left, and the
+    # square root magnifies it (CI's machine left 6e-8, i.e. 2.4e-4 after the root), so compare it
+    # with the scale error it removes rather than with an absolute zero
+    invariant = float(silog_loss(2 * gt, gt, ALL, lam=1.0))
+    assert invariant < 2e-3 * math.log(2)
 
 
 def test_berhu_by_hand():
