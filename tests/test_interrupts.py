@@ -18,8 +18,11 @@ import torch
 
 from npuq.models.checkpoint import load_checkpoint_dict
 
+# A shell starts background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt
+# handler: restore it, so that the test sees what an interactive user's Ctrl-C does.
 STALL = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import {module} as target
 original = target.{name}
 def stalled(*args, **kwargs):
