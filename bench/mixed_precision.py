@@ -4,8 +4,8 @@
 
 On the 7-Scenes reference hand-off of bench/robustness.py (npu-default, its 100 calibration frames):
 ``npuq.analysis.mixed_precision.select_fp16_layers`` ranks every layer on 32 validation frames
-(720-799) and adds them greedily until INT8 is within 1.0x FP32; each point of that curve is then a
-fresh simulated PTQ with those layers requested in FP16, scored on test frames 800-999 under
+(720-799) and adds them greedily until INT8 is within 1.0x FP32; eight points of that curve, and the
+first within 1.05x (the smallest greedy FP16 set within 5% of FP32), are then each a fresh simulated PTQ with those layers requested in FP16, scored on test frames 800-999 under
 npu-default. The plot shows test INT8 / reference FP32 against the FP16 share of MACs and of stored
 activation elements.
 """
@@ -28,6 +28,7 @@ from npuq.roadmap.runner import start_handoff
 
 VAL_FRAMES = 32
 MAX_POINTS = 8
+ANSWER = 1.05  # "the smallest FP16 set within 5% of FP32": the first greedy point there on validation
 
 
 def main() -> None:
@@ -46,7 +47,9 @@ def main() -> None:
     step = max(1, len(val) // VAL_FRAMES)
     items = [val[i] for i in range(0, len(val), step)][:VAL_FRAMES]
     result = select_fp16_layers(model, sim, items, spec["metric"], target=1.0, progress=True)
-    picks = sorted({round(i * (len(result.curve) - 1) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)})
+    picks = {round(i * (len(result.curve) - 1) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)}
+    within = next((i for i, p in enumerate(result.curve) if p.abs_rel <= ANSWER * result.fp32), None)
+    picks = sorted(picks | ({within} if within is not None else set()))
     rows = []
     for point in (result.curve[i] for i in picks):
         profile = DEFAULT.replace(fp16_layers=tuple(fp16_pattern(n) for n in point.units))
@@ -57,10 +60,13 @@ def main() -> None:
                      "val INT8 / val FP32": point.abs_rel / result.fp32, "test INT8": score.int8["abs_rel"],
                      "test INT8 / ref FP32": score.int8["abs_rel"] / reference_fp32})
         print(f"{len(point.units)} FP16 layers: test INT8 {score.int8['abs_rel']:.4f}", flush=True)
+    answer = result.curve[within] if within is not None else None
     top = sorted(result.sensitivity, key=lambda r: -r["buys"])[:10]
     context = {"reference": ckpt, "reference_fp32": reference_fp32, "profile": "npu-default",
                "calibration": f"100 random frames of {spec['calib_pool']}, seed 0",
                "selection": f"{len(items)} frames of {spec['val']}", "test": str(spec["test"]),
+               f"smallest greedy FP16 set within {ANSWER}x val FP32":
+                   list(answer.units) if answer else f"none within {ANSWER}x",
                "greedy order": [list(p.units)[-1] for p in result.curve[1:]],
                "top sensitivities (val abs_rel bought in FP16 alone)":
                    {r["unit"]: round(r["buys"], 4) for r in top}}
