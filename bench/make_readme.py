@@ -87,7 +87,7 @@ SECTIONS = [
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
 ROADMAPS = [("recommended", "7scenes"), ("recommended", "synthetic"), ("path-c", "7scenes"),
-            ("path-b", "7scenes")]
+            ("path-a", "7scenes"), ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
                                           "mixed-precision-7scenes")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither

@@ -5,9 +5,10 @@
 On the 7-Scenes reference hand-off of bench/robustness.py (npu-default, its 100 calibration frames):
 ``npuq.analysis.mixed_precision.select_fp16_layers`` ranks every layer on 32 validation frames
 (720-799) and adds them greedily until INT8 is within 1.0x FP32; eight points of that curve, and the
-first within 1.05x (the smallest greedy FP16 set within 5% of FP32), are then each a fresh simulated PTQ with those layers requested in FP16, scored on test frames 800-999 under
-npu-default. The plot shows test INT8 / reference FP32 against the FP16 share of MACs and of stored
-activation elements.
+first within 1.05x (the smallest greedy FP16 set within 5% of FP32), are then each a fresh simulated
+PTQ with those layers requested in FP16, scored on test frames 800-999 under npu-default.
+The plot shows test INT8 / reference FP32 against the FP16 share of MACs and of stored activation
+elements.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ The ``Context`` carries the training and validation data and no test split: a re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -159,6 +160,22 @@ def module_outputs(model: torch.nn.Module, modules: Mapping[Any, torch.nn.Module
         for hook in hooks:
             hook.remove()
     return {key: torch.cat(parts) for key, parts in seen.items()}
+
+
+@torch.no_grad()
+def quantizer_inputs(sim: Any, rgb: torch.Tensor, visit: Callable[[str, torch.Tensor], None],
+                     quantized: bool = False, batch: int = 16) -> None:
+    """Run ``rgb`` through the QuantSim ``sim``; ``visit(name, x)`` sees every quantizer's input batch
+    [B, ...]: in float, or with ``quantized`` as the toolchain computes it (every quantizer on)."""
+    hooks = [q.register_forward_hook(lambda mod, inputs, _out, n=name: visit(n, inputs[0]))
+             for name, q in sim.quantizers.items()]
+    try:
+        with contextlib.nullcontext() if quantized else sim.quant_disabled():
+            for start in range(0, len(rgb), batch):
+                sim(rgb[start:start + batch])
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def input_size(handoff: Handoff) -> tuple[int, int]:

@@ -28,11 +28,18 @@ import torch
 
 from npuq.errors import NpuqError
 from npuq.quant.profile import CALIBRATOR_CHOICES, TensorQuantConfig, activation_calibrators
-from npuq.remedies.base import CalibSet, Context, Handoff, RemedyConfig, input_size, register_remedy
+from npuq.remedies.base import (
+    CalibSet,
+    Context,
+    Handoff,
+    RemedyConfig,
+    input_size,
+    quantizer_inputs,
+    register_remedy,
+)
 
 ALTERNATIVES = ("search", "diverse", "handed")
 FINE_BINS = 4096  # signed bins over [-max|x|, max|x|] of the pool: 2048 a side, as a KL histogram has
-BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -123,21 +130,6 @@ class SetCost:
             return 0.0
         return max(float(np.mean([math.log(max(r, 1e-30)) for r in per.values()]))
                    for per in self.ratios(frames).values())
-
-
-@torch.no_grad()
-def quantizer_inputs(sim, rgb: torch.Tensor, visit) -> None:
-    """Run ``rgb`` through ``sim`` with quantization off; ``visit(name, x)`` sees every quantizer's
-    input batch [B, ...] in float."""
-    hooks = [q.register_forward_hook(lambda mod, inputs, _out, n=name: visit(n, inputs[0]))
-             for name, q in sim.quantizers.items()]
-    try:
-        with sim.quant_disabled():
-            for start in range(0, len(rgb), BATCH):
-                sim(rgb[start:start + BATCH])
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def tensor_stats(sim, rgb: torch.Tensor, names: list[str] | None = None,

@@ -8,21 +8,40 @@ takes the anchor value as its range), so the choice is made per block, on the ca
 toolchain will see: for every (count, value) candidate, each calibrator in ``calibrators`` (variants
 of the hand-off's profile) picks its range for the block's output plus the anchors, and the candidate
 with the smallest worst-case squared error on the block's real values wins, if it beats no anchors by
-``min_gain``. The rewrite itself is ``npuq.models.anchors.add_range_anchors``: the float outputs are
-unchanged, so the hand-off's FP32 accuracy is too.
+``min_gain``.
+
+Whether the entropy search locks at 1.0 is a knife edge: on the same calibration frames one more
+anchor, a 20% higher anchor value, or the ELU seeing a quantized instead of a float input can flip
+it. So every candidate is judged on two views of the block's output and keeps its worst: the float
+output and the output the simulated toolchain computes (upstream layers quantized). Then the anchored
+model is checked by a fresh ``simulate_ptq`` under every calibrator; a block whose range still flips
+back to the spike gets the best candidate at ``PINNED_VALUE`` or above, where no entropy search can
+reach the spike, and the notes say which blocks were repaired and which (if any) still flip.
+
+The rewrite itself is ``npuq.models.anchors.add_range_anchors``: the float outputs are unchanged, so
+the hand-off's FP32 accuracy is too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from npuq.errors import NpuqError
-from npuq.quant.profile import CALIBRATOR_CHOICES, TensorQuantConfig, activation_calibrators
-from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, module_outputs, register_remedy
+from npuq.quant.profile import CALIBRATOR_CHOICES, QuantProfile, TensorQuantConfig, activation_calibrators
+from npuq.remedies.base import (
+    Context,
+    Handoff,
+    RemedyConfig,
+    input_size,
+    module_outputs,
+    quantizer_inputs,
+    register_remedy,
+)
 
 NUM_BLOCKS = 10
 
@@ -64,29 +83,80 @@ class RangeAnchorConfig(RemedyConfig):
 @register_remedy(RangeAnchorConfig)
 def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Handoff:
     """Add constant anchor channels where they cut the worst calibrator's error on a decoder tensor."""
-    from npuq.models.anchors import add_range_anchors
     from npuq.models.checkpoint import load_checkpoint_dict, load_model, save_checkpoint
 
-    model = original = load_model(handoff.checkpoint).eval()
+    original = load_model(handoff.checkpoint).eval()
     rgb = handoff.calib.rgb(input_size(handoff), cfg.frames)
     blocks = cfg.blocks or tuple(range(NUM_BLOCKS))
-    outputs = module_outputs(model, {b: model.decoder.decoder[b] for b in blocks}, rgb)
-    profiles = activation_calibrators(handoff.profile, cfg.calibrators)
+    calibrators = activation_calibrators(handoff.profile, cfg.calibrators)
+    views = block_views(original, handoff.profile, rgb, blocks)
     chosen: dict[int, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for block in blocks:
-        best, rows = search_block(outputs[block], profiles, cfg)
+        best, rows = search_block(views[block], calibrators, cfg)
         report[str(block)] = rows
         if best is not None:
             chosen[block] = best
-            model = add_range_anchors(model, block, best["count"], best["value"])
+    model = _anchored(original, chosen)
+    flipped = flipped_blocks(model, handoff.profile, cfg.calibrators, rgb, chosen)
+    repaired = sorted(flipped)
+    for block in repaired:
+        chosen[block] = pinned_candidate(report[str(block)]) or chosen[block]
+    if repaired:
+        model = _anchored(original, chosen)
+        flipped = flipped_blocks(model, handoff.profile, cfg.calibrators, rgb, chosen)
     extra = dict(load_checkpoint_dict(handoff.checkpoint)["extra"])
     extra["range_anchors"] = {"chosen": {str(b): c for b, c in chosen.items()}, "search": report}
     out = save_checkpoint(ctx.work_dir / "range_anchor.pt", model, extra=extra, force=True)
     notes = {"anchors": {str(b): [c["count"], c["value"]] for b, c in chosen.items()},
              "gain": {str(b): c["gain"] for b, c in chosen.items()},
+             "repaired": repaired, "still_flipped": {str(b): names for b, names in flipped.items()},
              "mac_overhead": conv_macs(model, rgb[:1]) / conv_macs(original, rgb[:1]) - 1.0}
     return dataclasses.replace(handoff, checkpoint=out, notes=notes)
+
+
+# Above 16 x 1.1 the smallest range a TensorRT-style entropy search can pick (max / 16) lies above the
+# ELU spike at 1.0, so a block whose maximum is pinned there cannot lock onto the spike.
+PINNED_VALUE = 17.6
+
+
+def _anchored(model: torch.nn.Module, chosen: dict[int, dict[str, Any]]) -> torch.nn.Module:
+    from npuq.models.anchors import add_range_anchors
+
+    for block, best in sorted(chosen.items()):
+        model = add_range_anchors(model, block, best["count"], best["value"])
+    return model
+
+
+def pinned_candidate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best candidate whose anchor value is at least ``PINNED_VALUE`` (None if none was tried)."""
+    pinned = [r for r in rows[1:] if r["value"] >= PINNED_VALUE]
+    if not pinned:
+        return None
+    best = min(pinned, key=lambda r: r["worst_mse"])
+    return {**best, "gain": rows[0]["worst_mse"] / best["worst_mse"] if best["worst_mse"] > 0 else 0.0}
+
+
+def flipped_blocks(model: torch.nn.Module, profile: QuantProfile, names: Sequence[str], rgb: torch.Tensor,
+                   chosen: dict[int, dict[str, Any]]) -> dict[int, list[str]]:
+    """The anchored blocks whose range, in a fresh ``simulate_ptq`` of ``model`` under each calibrator
+    of ``names``, falls below half of what the search predicted: the entropy search flipped back to
+    the spike (the search's histograms are of float or upstream-unanchored tensors, not these)."""
+    from npuq.quant import simulate_ptq
+    from npuq.quant.profile import calibrator_variants
+
+    variants = calibrator_variants(profile)
+    flipped: dict[int, list[str]] = {}
+    by_config: dict[Any, list[str]] = {}
+    for name in names:
+        by_config.setdefault(profile if name == "profile" else variants[name], []).append(name)
+    for variant, group in by_config.items():
+        sim = simulate_ptq(model, variant, rgb)
+        for block, best in chosen.items():
+            clip_hi = sim.quantizers[f"decoder.decoder.{block}.nonlin"].clip_hi
+            if any(clip_hi < 0.5 * best["range_hi"][name] for name in group):
+                flipped.setdefault(block, []).extend(group)
+    return flipped
 
 
 @torch.no_grad()
@@ -107,24 +177,44 @@ def conv_macs(model: torch.nn.Module, rgb: torch.Tensor) -> int:
     return total
 
 
+def block_views(model: torch.nn.Module, profile: QuantProfile, rgb: torch.Tensor,
+                blocks: Sequence[int]) -> dict[int, list[torch.Tensor]]:
+    """Each decoder block's output as the search judges it: in float and through a simulated PTQ of
+    ``model`` on ``rgb`` (upstream layers quantized)."""
+    from npuq.quant import simulate_ptq
+
+    floats = module_outputs(model, {b: model.decoder.decoder[b] for b in blocks}, rgb)
+    sim = simulate_ptq(model, profile, rgb)
+    names = {f"decoder.decoder.{b}.nonlin": b for b in blocks}
+    seen: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    quantizer_inputs(sim, rgb, lambda name, x: seen[names[name]].append(x.clone()) if name in names else None,
+                     quantized=True)
+    return {b: [floats[b], *([torch.cat(seen[b])] if seen[b] else [])] for b in blocks}
+
+
 ANCHOR_BINS = 1 << 14  # signed bins over [-bound, bound]; bound: the largest anchor value tried
 
 
-def search_block(x: torch.Tensor, calibrators: dict[str, TensorQuantConfig],
+def search_block(x: torch.Tensor | Sequence[torch.Tensor], calibrators: dict[str, TensorQuantConfig],
                  cfg: RangeAnchorConfig) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The best (count, value) of anchors for block output ``x`` [N,C,H,W], or None if none beats
-    no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error, each range's top).
+    """The best (count, value) of anchors for block output ``x`` [N,C,H,W] (or several views of it),
+    or None if none beats no anchors by ``cfg.min_gain``; and every candidate's row (worst-case error
+    over calibrators and views, each range's top in the worst view).
 
-    One histogram of ``x`` on fixed bins serves every candidate: the anchors add ``count`` planes of
+    One histogram per view on fixed bins serves every candidate: the anchors add ``count`` planes of
     ``value`` to one bin, each calibrator picks its range from that, and the error is measured on
     the histogram of the real values alone."""
-    absmax = float(x.abs().max())
+    views = [x] if isinstance(x, torch.Tensor) else list(x)
+    absmax = max(float(v.abs().max()) for v in views)
     values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
     values = sorted({float(v) for v in values if v >= absmax})
-    counts = sorted({min(c, x.shape[1]) for c in cfg.counts})
-    block = _BlockHistogram(x, max([absmax, *values]))
-    rows = [block.score(0, 0.0, calibrators)]
-    rows += [block.score(count, value, calibrators) for count in counts for value in values]
+    counts = sorted({min(c, views[0].shape[1]) for c in cfg.counts})
+    hists = [_BlockHistogram(v, max([absmax, *values])) for v in views]
+
+    def score(count: int, value: float) -> dict[str, Any]:
+        return max((h.score(count, value, calibrators) for h in hists), key=lambda r: r["worst_mse"])
+
+    rows = [score(0, 0.0)] + [score(count, value) for count in counts for value in values]
     base = rows[0]["worst_mse"]
     best = min(rows[1:], key=lambda r: r["worst_mse"], default=None)
     gain = base / best["worst_mse"] if best and best["worst_mse"] > 0 else 0.0

@@ -2,11 +2,17 @@
 
 import torch
 
-from npuq.models.anchors import anchor_blocks
+from npuq.models.anchors import add_range_anchors, anchor_blocks
 from npuq.models.checkpoint import load_model
 from npuq.quant.profile import activation_calibrators, load_profile
 from npuq.remedies import apply_remedy
-from npuq.remedies.range_anchor import RangeAnchorConfig, search_block
+from npuq.remedies.range_anchor import (
+    PINNED_VALUE,
+    RangeAnchorConfig,
+    flipped_blocks,
+    pinned_candidate,
+    search_block,
+)
 
 DEFAULT = load_profile("npu-default")
 
@@ -66,3 +72,23 @@ def test_the_notes_count_the_work_the_anchors_add(handoff, context):
                         context.within("b"))
     assert none.notes["mac_overhead"] == 0.0 and not none.notes["anchors"]
     assert some.notes["mac_overhead"] > 0.0 and some.notes["anchors"]["9"][0] == 4
+
+
+def test_a_range_the_fresh_ptq_does_not_reproduce_is_flagged(handoff):
+    model = load_model(handoff.checkpoint).eval()
+    anchored = add_range_anchors(model, 8, 2, 20.0)
+    rgb = handoff.calib.rgb((64, 64))
+    predicted = {"minmax": 20.0, "profile": 20.0}
+    chosen = {8: {"count": 2, "value": 20.0, "range_hi": predicted}}
+    assert flipped_blocks(anchored, DEFAULT, ("minmax",), rgb, chosen) == {}  # min/max takes the anchor
+    wrong = {8: {**chosen[8], "range_hi": {"minmax": 1000.0}}}
+    assert flipped_blocks(anchored, DEFAULT, ("minmax",), rgb, wrong) == {8: ["minmax"]}
+
+
+def test_a_flipped_block_is_repaired_with_an_anchor_no_entropy_search_can_leave():
+    cfg = RangeAnchorConfig(calibrators=("profile",))
+    _, rows = search_block(_elu_like(), activation_calibrators(DEFAULT, cfg.calibrators), cfg)
+    pinned = pinned_candidate(rows)
+    assert pinned["value"] >= PINNED_VALUE and pinned["range_hi"]["profile"] > 2.0
+    assert pinned["worst_mse"] == min(r["worst_mse"] for r in rows[1:] if r["value"] >= PINNED_VALUE)
+    assert pinned_candidate(rows[:1]) is None
