@@ -153,8 +153,10 @@ def flipped_blocks(model: torch.nn.Module, profile: QuantProfile, names: Sequenc
     for variant, group in by_config.items():
         sim = simulate_ptq(model, variant, rgb)
         for block, best in chosen.items():
-            clip_hi = sim.quantizers[f"decoder.decoder.{block}.nonlin"].clip_hi
-            if any(clip_hi < 0.5 * best["range_hi"][name] for name in group):
+            quantizer = sim.quantizers.get(f"decoder.decoder.{block}.nonlin")
+            if quantizer is None or not quantizer.active:  # kept in FP16 by the profile
+                continue
+            if any(quantizer.clip_hi < 0.5 * best["range_hi"][name] for name in group):
                 flipped.setdefault(block, []).extend(group)
     return flipped
 
