@@ -93,7 +93,7 @@ PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-sy
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
 # TensorRT's nor ONNX Runtime's (group edges rounded down, an empty last bin smoothed with 1e-4 instead of
 # excluded, candidates from the first non-empty bin + 128, zeros dropped).
-NO_CALIBRATION = ("synth", "reference-", "curve-")
+NO_CALIBRATION = ("synth", "reference-", "curve-", "roadmap-", "mixed-precision-")
 LEGACY_KL = ("- calibrator: `kl` here is npuq's search before the calibrator variants (not `kl/tensorrt`): "
              "rerun pending\n")
 
