@@ -208,7 +208,7 @@ def search_block(x: torch.Tensor | Sequence[torch.Tensor], calibrators: dict[str
     the histogram of the real values alone."""
     views = [x] if isinstance(x, torch.Tensor) else list(x)
     absmax = max(float(v.abs().max()) for v in views)
-    values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, 17.6, 24.0)
+    values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, PINNED_VALUE, 24.0)
     values = sorted({float(v) for v in values if v >= absmax})
     counts = sorted({min(c, views[0].shape[1]) for c in cfg.counts})
     hists = [_BlockHistogram(v, max([absmax, *values])) for v in views]
