@@ -48,31 +48,12 @@ class QafConfig(RemedyConfig):
         return cls(steps=2, batch_size=2, recalibrate_every=1, anchor=0.5)
 
 
-def anchored(sim, reference, head, weight: float):
-    """Head loss on the INT8 outputs + ``weight`` x L1(log depth of the float sim, of the reference)."""
-    import torch
-
-    from npuq.models.heads import as_tuple
-    from npuq.train.head_losses import head_loss
-
-    reference.eval().requires_grad_(False)
-
-    def objective(model, rgb, depth):
-        terms = {"head": head_loss(head, model(rgb), depth)}
-        with sim.quant_disabled():
-            own = head.decode(as_tuple(model(rgb))).clamp_min(1e-3).log()
-        with torch.no_grad():
-            target = reference.predict_depth(rgb).clamp_min(1e-3).log()
-        terms["anchor"] = weight * (own - target).abs().mean()
-        return terms
-
-    return objective
-
-
 @register_remedy(QafConfig)
 def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -> Handoff:
     """Fine-tune decoder and head through the simulated toolchain, re-calibrating as it goes."""
+    from npuq.device import resolve_device
     from npuq.models.checkpoint import load_model
+    from npuq.train import objectives
     from npuq.train.qaf_head import finetune_through_quantsim
 
     size = input_size(handoff)
@@ -81,10 +62,9 @@ def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -
     curve, record = fresh_ptq_curve(handoff, ctx) if cfg.curve_every else ([], None)
     objective_for = None
     if cfg.anchor:
-        from npuq.device import resolve_device
-
         reference = load_model(handoff.checkpoint).to(resolve_device(ctx.device))
-        objective_for = lambda sim: anchored(sim, reference, model.head, cfg.anchor)  # noqa: E731
+        objective_for = lambda sim: objectives.combine(  # noqa: E731
+            objectives.head(model.head), objectives.float_anchor(sim, reference, model.head, cfg.anchor))
     finetune_through_quantsim(model, handoff.profile, handoff.calib.rgb(size), ctx.train.open(size),
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=cfg.prefixes, recalibrate_every=cfg.recalibrate_every, force=True,

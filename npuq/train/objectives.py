@@ -1,9 +1,9 @@
 """Objectives for ``npuq.train.loop.fit``: each maps (model, rgb, depth) to named loss terms.
 
 ``supervised``: the multi-scale depth loss of the FP32 reference. ``head``: each head's own loss on its
-own targets. ``weight_range``: the weight-normalization penalty. ``combine`` sums objectives (the
-terms keep their names, so the loop can report them). Distillation adds its own in
-``npuq.remedies.distill``.
+own targets. ``weight_range``: the weight-normalization penalty. ``float_anchor``: keeps a QuantSim's
+float prediction on a frozen reference's. ``combine`` sums objectives (the terms keep their names, so
+the loop can report them). Distillation adds its own in ``npuq.remedies.distill``.
 """
 
 from __future__ import annotations
@@ -68,5 +68,23 @@ def distill_depth(teacher: nn.Module, weight: float = 1.0) -> Objective:
             target = teacher.predict_depth(rgb).clamp_min(1e-3).log()
         student = scale_depths(model, rgb)[0].clamp_min(1e-3).log()
         return {"distill": weight * (student - target).abs().mean()}
+
+    return objective
+
+
+def float_anchor(sim: nn.Module, reference: nn.Module, depth_head: nn.Module, weight: float) -> Objective:
+    """``weight`` x L1 between the log depth of ``sim`` with quantization off (the float model that will be
+    handed over) and the frozen ``reference``'s. A fine-tune through the toolchain can otherwise learn to
+    cancel one calibrator's clipping inside the float weights, which only those exact thresholds undo."""
+    from npuq.models.heads import as_tuple
+
+    reference.eval().requires_grad_(False)
+
+    def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
+        with sim.quant_disabled():
+            own = depth_head.decode(as_tuple(model(rgb))).clamp_min(1e-3).log()
+        with torch.no_grad():
+            target = reference.predict_depth(rgb).clamp_min(1e-3).log()
+        return {"float_anchor": weight * (own - target).abs().mean()}
 
     return objective
