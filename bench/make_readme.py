@@ -78,6 +78,9 @@ SECTIONS = [
      "python bench/robustness.py --only synthetic"),
     ("The recommended chain over three seeds, 7-Scenes", "roadmap-recommended-7scenes-seeds",
      "python bench/roadmap.py --plan recommended --only 7scenes --seeds 0,1,2"),
+    ("Centred logit + QAF (no extra MACs) over three seeds, 7-Scenes",
+     "roadmap-recommended-qaf-7scenes-seeds",
+     "python bench/roadmap.py --plan recommended-qaf --only 7scenes --seeds 0,1,2"),
     *((f"Fine-tune curve: {row}, 7-Scenes", f"curve-{row}-7scenes", "python bench/robustness.py --only "
        f"7scenes --rows {row}") for row in ("qaf", "distill", "centre-logit+qaf", "centre-logit+distill")),
     ("Mixed precision: FP16 share against INT8 abs_rel, 7-Scenes", "mixed-precision-7scenes",
@@ -86,7 +89,8 @@ SECTIONS = [
      "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
-ROADMAPS = [("recommended", "7scenes"), ("recommended", "synthetic"), ("path-c", "7scenes"),
+ROADMAPS = [("recommended", "7scenes"), ("recommended-qaf", "7scenes"), ("recommended", "synthetic"),
+            ("path-c", "7scenes"),
             ("path-a", "7scenes"), ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
                                           "mixed-precision-7scenes")}
