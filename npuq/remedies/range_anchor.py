@@ -16,7 +16,9 @@ it. So every candidate is judged on two views of the block's output and keeps it
 output and the output the simulated toolchain computes (upstream layers quantized). Then the anchored
 model is checked by a fresh ``simulate_ptq`` under every calibrator; a block whose range still flips
 back to the spike gets the best candidate at ``PINNED_VALUE`` or above, where no entropy search can
-reach the spike, and the notes say which blocks were repaired and which (if any) still flip.
+reach the spike; one that flips even so (a block reaching 50-200 whose few anchor channels the search
+clips as a tail) gets more anchor channels, round by round. The notes say which blocks were repaired
+and which (if any) still flip.
 
 The rewrite itself is ``npuq.models.anchors.add_range_anchors``: the float outputs are unchanged, so
 the hand-off's FP32 accuracy is too.
@@ -99,10 +101,14 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
             chosen[block] = best
     model = _anchored(original, chosen)
     flipped = flipped_blocks(model, handoff.profile, cfg.calibrators, rgb, chosen)
-    repaired = sorted(flipped)
-    for block in repaired:
-        chosen[block] = pinned_candidate(report[str(block)]) or chosen[block]
-    if repaired:
+    repaired: set[int] = set()
+    for _ in range(REPAIR_ROUNDS):
+        stronger = {b: pinned_candidate(report[str(b)], chosen[b]) for b in flipped}
+        stronger = {b: c for b, c in stronger.items() if c is not None}
+        if not stronger:
+            break
+        chosen.update(stronger)
+        repaired |= set(stronger)
         model = _anchored(original, chosen)
         flipped = flipped_blocks(model, handoff.profile, cfg.calibrators, rgb, chosen)
     extra = dict(load_checkpoint_dict(handoff.checkpoint)["extra"])
@@ -110,7 +116,7 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     out = save_checkpoint(ctx.work_dir / "range_anchor.pt", model, extra=extra, force=True)
     notes = {"anchors": {str(b): [c["count"], c["value"]] for b, c in chosen.items()},
              "gain": {str(b): c["gain"] for b, c in chosen.items()},
-             "repaired": repaired, "still_flipped": {str(b): names for b, names in flipped.items()},
+             "repaired": sorted(repaired), "still_flipped": {str(b): names for b, names in flipped.items()},
              "mac_overhead": conv_macs(model, rgb[:1]) / conv_macs(original, rgb[:1]) - 1.0}
     return dataclasses.replace(handoff, checkpoint=out, notes=notes)
 
@@ -128,9 +134,23 @@ def _anchored(model: torch.nn.Module, chosen: dict[int, dict[str, Any]]) -> torc
     return model
 
 
-def pinned_candidate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best candidate whose anchor value is at least ``PINNED_VALUE`` (None if none was tried)."""
-    pinned = [r for r in rows[1:] if r["value"] >= PINNED_VALUE]
+# a block whose range still flips after re-pinning gets more anchor channels, at most this many times
+REPAIR_ROUNDS = 3
+
+
+def pinned_candidate(rows: list[dict[str, Any]],
+                     current: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The best candidate whose anchor value is at least ``PINNED_VALUE`` and that is stronger than the
+    flipped ``current`` choice (None if no such candidate was tried). Stronger: more anchor channels,
+    or as many but ``current`` below ``PINNED_VALUE``. A block that reaches 50-200 is not caught by the
+    ELU spike but clips its few anchor channels as a tail; only a larger share of them pins its range."""
+    def stronger(row: dict[str, Any]) -> bool:
+        if current is None:
+            return True
+        return row["count"] > current["count"] or (row["count"] == current["count"]
+                                                   and current["value"] < PINNED_VALUE)
+
+    pinned = [r for r in rows[1:] if r["value"] >= PINNED_VALUE and stronger(r)]
     if not pinned:
         return None
     best = min(pinned, key=lambda r: r["worst_mse"])

@@ -92,3 +92,13 @@ def test_a_flipped_block_is_repaired_with_an_anchor_no_entropy_search_can_leave(
     assert pinned["value"] >= PINNED_VALUE and pinned["range_hi"]["profile"] > 2.0
     assert pinned["worst_mse"] == min(r["worst_mse"] for r in rows[1:] if r["value"] >= PINNED_VALUE)
     assert pinned_candidate(rows[:1]) is None
+
+
+def test_a_block_that_flips_again_gets_more_anchor_channels():
+    rows = [{"count": 0, "value": 0.0, "worst_mse": 9.0},
+            *({"count": c, "value": v, "worst_mse": w} for c, v, w in
+              [(1, 57.0, 1.0), (4, 57.0, 2.0), (16, 57.0, 3.0), (16, 8.0, 0.5), (32, 24.0, 4.0)])]
+    assert pinned_candidate(rows)["count"] == 1  # no choice yet: the best pinned one
+    assert pinned_candidate(rows, rows[1])["count"] == 4  # 1 channel at 57 flipped: the best with more
+    assert pinned_candidate(rows, rows[4])["count"] == 16 and pinned_candidate(rows, rows[4])["value"] == 57.0
+    assert pinned_candidate(rows, rows[5]) is None  # nothing stronger than 32 at 24 was tried
