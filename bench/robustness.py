@@ -52,7 +52,10 @@ ROWS = {
     "qaf": [QAF],
     "distill": [DISTILL],
     "centre-logit+qaf": [CENTRE, QAF],
+    "centre-logit+range-anchor+qaf": [CENTRE, ANCHORS, QAF],
     "centre-logit+distill": [CENTRE, DISTILL],
+    # output KD only (teacher log depth, quantized and float student): no decoder-feature term
+    "centre-logit+distill-output": [CENTRE, ("distill", {**DISTILL[1], "feature_weight": 0.0})],
 }
 DEFAULT = load_profile("npu-default")
 
