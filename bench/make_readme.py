@@ -27,6 +27,13 @@ Reports, with plots and JSON:
 """
 
 
+# robustness rows that fine-tune: a fresh PTQ on validation frames along the way (bench/robustness.py)
+FINE_TUNE_CURVES = [
+    *((row, "7scenes") for row in ("qaf", "distill", "centre-logit+qaf", "centre-logit+qaf-anchor",
+                                   "centre-logit+distill", "centre-logit+distill-output")),
+    *((row, "synthetic") for row in ("centre-logit+qaf", "centre-logit+range-anchor+qaf",
+                                     "centre-logit+distill-output")),
+]
 SECTIONS = [
     ("Synthetic data generator", "synth", "python bench/bench_synth.py"),
     ("FP32 reference model: synthetic", "reference-synthetic", "python bench/reference.py --only synthetic"),
@@ -81,8 +88,8 @@ SECTIONS = [
     ("Centred logit + QAF (no extra MACs) over three seeds, 7-Scenes",
      "roadmap-recommended-qaf-7scenes-seeds",
      "python bench/roadmap.py --plan recommended-qaf --only 7scenes --seeds 0,1,2"),
-    *((f"Fine-tune curve: {row}, 7-Scenes", f"curve-{row}-7scenes", "python bench/robustness.py --only "
-       f"7scenes --rows {row}") for row in ("qaf", "distill", "centre-logit+qaf", "centre-logit+distill")),
+    *((f"Fine-tune curve: {row}, {data}", f"curve-{row}-{data}",
+       f"python bench/robustness.py --only {data} --rows {row}") for row, data in FINE_TUNE_CURVES),
     ("Mixed precision: FP16 share against INT8 abs_rel, 7-Scenes", "mixed-precision-7scenes",
      "python bench/mixed_precision.py --only 7scenes"),
     ("Probe kit: identifying ONNX Runtime's quantize_static", "probe-onnxruntime",

@@ -53,6 +53,8 @@ ROWS = {
     "distill": [DISTILL],
     "centre-logit+qaf": [CENTRE, QAF],
     "centre-logit+range-anchor+qaf": [CENTRE, ANCHORS, QAF],
+    # with the float anchor (the recommended-qaf plan): the float prediction kept on the reference's
+    "centre-logit+qaf-anchor": [CENTRE, ("qaf", {**QAF[1], "anchor": 1.0})],
     "centre-logit+distill": [CENTRE, DISTILL],
     # output KD only (teacher log depth, quantized and float student): no decoder-feature term
     "centre-logit+distill-output": [CENTRE, ("distill", {**DISTILL[1], "feature_weight": 0.0})],
