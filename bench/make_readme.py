@@ -88,6 +88,9 @@ SECTIONS = [
     ("Centred logit + QAF (no extra MACs) over three seeds, 7-Scenes",
      "roadmap-recommended-qaf-7scenes-seeds",
      "python bench/roadmap.py --plan recommended-qaf --only 7scenes --seeds 0,1,2"),
+    ("Centred logit + output distillation (no extra MACs, no labels) over three seeds, 7-Scenes",
+     "roadmap-recommended-kd-7scenes-seeds",
+     "python bench/roadmap.py --plan recommended-kd --only 7scenes --seeds 0,1,2"),
     *((f"Fine-tune curve: {row}, {data}", f"curve-{row}-{data}",
        f"python bench/robustness.py --only {data} --rows {row}") for row, data in FINE_TUNE_CURVES),
     ("Mixed precision: FP16 share against INT8 abs_rel, 7-Scenes", "mixed-precision-7scenes",
@@ -96,9 +99,8 @@ SECTIONS = [
      "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
-ROADMAPS = [("recommended", "7scenes"), ("recommended-qaf", "7scenes"), ("recommended", "synthetic"),
-            ("path-c", "7scenes"),
-            ("path-a", "7scenes"), ("path-b", "7scenes")]
+ROADMAPS = [("recommended", "7scenes"), ("recommended-qaf", "7scenes"), ("recommended-kd", "7scenes"),
+            ("recommended", "synthetic"), ("path-c", "7scenes"), ("path-a", "7scenes"), ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
                                           "mixed-precision-7scenes")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither

@@ -11,7 +11,10 @@ teacher's power), plus ``float_weight`` x the same output KD on the student with
 
 Why the float term is on by default: without it, on 7-Scenes after ``centre-logit``, the student learnt
 to cancel the entropy search's clipping inside its float weights (hand-off FP32 0.0894 -> 0.2516, every
-calibrator but the one it trained on 2.6-3.5x the reference).
+calibrator but the one it trained on 2.6-3.5x the reference). With it: 1.40x, FP32 +12.6%; with it and
+without the feature term (``feature_weight: 0``): 1.024x, FP32 +1.8%, at most 1.075x under every
+calibrator. The quantized features at the default stages are clipped at 1.0 and cannot match the
+teacher's; the feature term stays the default because it is the user's Phase 3 (bench/notes/remedies.md).
 
 Default feature stages: ``decoder.decoder.3/5/7.nonlin``, the upconv(3,1), (2,1), (1,1) outputs. The
 diagnosis puts 76% of the 7-Scenes INT8 gap in decoder stage dec1 and the three tensors whose KL
