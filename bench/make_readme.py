@@ -85,6 +85,8 @@ SECTIONS = [
      "python bench/robustness.py --only synthetic"),
     ("The recommended chain over three seeds, 7-Scenes", "roadmap-recommended-7scenes-seeds",
      "python bench/roadmap.py --plan recommended --only 7scenes --seeds 0,1,2"),
+    ("The recommended chain over three seeds, synthetic", "roadmap-recommended-synthetic-seeds",
+     "python bench/roadmap.py --plan recommended --only synthetic --seeds 0,1,2"),
     ("Centred logit + QAF (no extra MACs) over three seeds, 7-Scenes",
      "roadmap-recommended-qaf-7scenes-seeds",
      "python bench/roadmap.py --plan recommended-qaf --only 7scenes --seeds 0,1,2"),
