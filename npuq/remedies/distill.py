@@ -74,8 +74,7 @@ class Distillation:
     """The objective: hooks capture the student's quantized and the teacher's float features."""
 
     def __init__(self, sim: nn.Module, teacher: nn.Module, head: nn.Module, cfg: DistillConfig) -> None:
-        self.teacher, self.head, self.cfg = teacher.eval().requires_grad_(False), head, cfg
-        self.float_anchor = objectives.float_anchor(sim, teacher, head, cfg.float_weight)
+        self.sim, self.teacher, self.head, self.cfg = sim, teacher.eval().requires_grad_(False), head, cfg
         modules = dict(teacher.named_modules())
         missing = [f for f in cfg.features if f not in sim.quantizers or f not in modules]
         if missing:
@@ -109,7 +108,8 @@ class Distillation:
 
             terms["supervised"] = self.cfg.supervised * head_loss(self.head, outputs, depth)
         if self.cfg.float_weight:  # last: its float forward overwrites the captured student features
-            terms.update(self.float_anchor(model, rgb, depth))
+            terms["float_anchor"] = self.cfg.float_weight * objectives.float_log_depth_l1(
+                self.sim, self.head, model, rgb, target)
         return terms
 
 

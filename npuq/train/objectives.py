@@ -76,15 +76,22 @@ def float_anchor(sim: nn.Module, reference: nn.Module, depth_head: nn.Module, we
     """``weight`` x L1 between the log depth of ``sim`` with quantization off (the float model that will be
     handed over) and the frozen ``reference``'s. A fine-tune through the toolchain can otherwise learn to
     cancel one calibrator's clipping inside the float weights, which only those exact thresholds undo."""
-    from npuq.models.heads import as_tuple
-
     reference.eval().requires_grad_(False)
 
     def objective(model: nn.Module, rgb: Tensor, depth: Tensor) -> dict[str, Tensor]:
-        with sim.quant_disabled():
-            own = depth_head.decode(as_tuple(model(rgb))).clamp_min(1e-3).log()
         with torch.no_grad():
             target = reference.predict_depth(rgb).clamp_min(1e-3).log()
-        return {"float_anchor": weight * (own - target).abs().mean()}
+        return {"float_anchor": weight * float_log_depth_l1(sim, depth_head, model, rgb, target)}
 
     return objective
+
+
+def float_log_depth_l1(sim: nn.Module, depth_head: nn.Module, model: nn.Module, rgb: Tensor,
+                       target: Tensor) -> Tensor:
+    """L1 between the log depth of ``model`` (``sim`` or a view of it) run with quantization off and
+    ``target``: the term of ``float_anchor``, for callers that already have the reference's log depth."""
+    from npuq.models.heads import as_tuple
+
+    with sim.quant_disabled():
+        own = depth_head.decode(as_tuple(model(rgb))).clamp_min(1e-3).log()
+    return (own - target).abs().mean()
