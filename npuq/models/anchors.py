@@ -77,6 +77,23 @@ def add_range_anchors(model: DepthResNet, block: int, k: int, value: float,
     return new.train(model.training)
 
 
+def anchor_entries(model: DepthResNet) -> dict[str, torch.Tensor]:
+    """Boolean masks of the parameter entries that make up the anchors, by parameter name: the
+    producer's anchor rows and biases, and every consumer's anchor columns. A fine-tune must keep them
+    fixed: Adam moves every entry with a non-zero gradient by about its learning rate per step, and a
+    few thousandths on 32 columns reading values of 20-100 undo the bias subtraction."""
+    params = dict(model.named_parameters())
+    masks: dict[str, torch.Tensor] = {}
+    for block, k in anchor_blocks(model).items():
+        own = model.decoder.block_channels[block] - k
+        producer = f"decoder.decoder.{block}.conv.conv"
+        for name in (f"{producer}.weight", f"{producer}.bias"):
+            masks.setdefault(name, torch.zeros_like(params[name], dtype=torch.bool))[own:own + k] = True
+        for name in consumer_convs(model, block):
+            masks.setdefault(name, torch.zeros_like(params[name], dtype=torch.bool))[:, own:own + k] = True
+    return masks
+
+
 def anchor_blocks(model: nn.Module) -> dict[int, int]:
     """Blocks that carry anchors and how many (from the model's config)."""
     extra = getattr(model.config, "decoder_extra_channels", ()) or ()

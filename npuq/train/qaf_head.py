@@ -14,7 +14,8 @@ bit-identical value when the sim is built (``mappable_parameters``). For DepthRe
 Monodepth2 decoder and the head (no BatchNorm there, and CLE never crosses ELU / sigmoid / tanh); the
 ResNet encoder (every conv BN-folded) stays frozen. Copying those parameters back by name
 (``write_back``) makes the float model compute exactly what the sim computes with its quantizers
-disabled (up to the BN-folding rounding in the frozen encoder).
+disabled (up to the BN-folding rounding in the frozen encoder). The entries that make up range anchors
+(``npuq.models.anchors.anchor_entries``) get no gradient, so the rewrite stays exact.
 
 Training. The sim is an eval-mode trace returning only scale 0, so the loss is the head's own loss
 (``npuq.train.head_losses.head_loss``) on scale 0 at the input resolution. Adam at a constant ``lr``;
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from npuq.device import resolve_device
 from npuq.errors import NpuqError
 from npuq.io import check_writable
+from npuq.models.anchors import anchor_blocks, anchor_entries
 from npuq.quant.profile import QuantProfile, load_profile
 from npuq.quant.sim import QuantSim, calibration_batches, recalibrate, simulate_ptq
 from npuq.train import objectives
@@ -102,18 +104,31 @@ def _only_trainable(sim: QuantSim, params: Sequence[nn.Parameter]) -> Iterator[N
             p.requires_grad_(flag)
 
 
+@contextmanager
+def _frozen_entries(sim: QuantSim, names: Sequence[str], masks: dict[str, Tensor]) -> Iterator[None]:
+    handles = [param.register_hook(lambda grad, keep=masks[name].to(param.device): grad.masked_fill(keep, 0))
+               for name, param in zip(names, _sim_parameters(sim, names), strict=True) if name in masks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Sequence[str], steps: int,
                       lr: float, seed: int, batch_size: int = DEFAULT_BATCH, progress: bool = False,
                       calib_batches: Sequence[Tensor] | None = None,
                       recalibrate_every: int | None = None,
                       objective: Objective | None = None,
-                      every_step: Callable[[int], None] | None = None) -> list[float]:
+                      every_step: Callable[[int], None] | None = None,
+                      frozen: dict[str, Tensor] | None = None) -> list[float]:
     """Train the sim's parameters ``names`` for ``steps`` Adam steps on ``objective`` (default: ``head_loss``
     of the simulated INT8 outputs, scale 0). Returns the loss of every step. ``head`` supplies
     encode/decode only.
 
     ``recalibrate_every=k`` (needs ``calib_batches``) runs ``recalibrate`` before steps k, 2k, ...
-    ``every_step(step)`` runs before every step (after the re-calibration).
+    ``every_step(step)`` runs before every step (after the re-calibration). ``frozen``: boolean masks
+    (by float-model name) of entries that get no gradient and so never move (range anchors).
     """
     params = _sim_parameters(sim, names)
     if not params:
@@ -132,7 +147,7 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
 
     # the trace is the eval-mode model; train() would only touch unfolded BN statistics
     hooks = Hooks(before_step=before_step, train_mode=nn.Module.eval)
-    with _only_trainable(sim, params), torch.enable_grad():
+    with _only_trainable(sim, params), _frozen_entries(sim, names, frozen or {}), torch.enable_grad():
         state = fit(sim, dataset, objective or objectives.head(head), cfg, new_state(params, cfg),
                     hooks, progress, device)
     return state.losses
@@ -190,6 +205,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     size = (int(sim.input_shapes[0][-2]), int(sim.input_shapes[0][-1]))
     dataset = _open_data(data, size)
     names = mappable_parameters(sim, model, prefixes)
+    frozen = anchor_entries(model) if anchor_blocks(model) else {}
     if not names:
         raise NpuqError("quantsim fine-tune: every parameter was changed by BN folding / CLE (or excluded "
                         f"by prefixes {list(prefixes or [])}); nothing can be mapped back to the float model")
@@ -202,7 +218,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
         torch.manual_seed(seed)
         objective = objective_for(sim) if objective_for is not None else None
         losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size, progress,
-                                   batches, recalibrate_every, objective, snapshot)
+                                   batches, recalibrate_every, objective, snapshot, frozen)
     write_back(sim, model, names)
     if on_curve is not None and curve_every:
         on_curve(steps, model.eval())

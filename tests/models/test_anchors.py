@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from npuq.models.anchors import add_range_anchors, anchor_blocks, consumer_convs
+from npuq.models.anchors import add_range_anchors, anchor_blocks, anchor_entries, consumer_convs
 from npuq.models.checkpoint import load_model, save_checkpoint
 from npuq.models.depth_resnet import DepthNetConfig, DepthResNet
 
@@ -52,3 +52,18 @@ def test_anchored_checkpoint_round_trips(tmp_path):
     rgb = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(rgb), anchored.eval()(rgb))
+
+
+def test_anchor_entries_are_exactly_the_entries_the_rewrite_added():
+    model = _model()
+    anchored = add_range_anchors(add_range_anchors(model, 3, 2, 17.0), 3, 1, 20.0)
+    masks = anchor_entries(anchored)
+    old, new = model.state_dict(), anchored.state_dict()
+    assert sorted(masks) == sorted(["decoder.decoder.3.conv.conv.weight", "decoder.decoder.3.conv.conv.bias",
+                                    *consumer_convs(model, 3)])
+    for name, keep in masks.items():
+        assert keep.shape == new[name].shape
+        assert int(keep.sum()) == new[name].numel() - old[name].numel(), name  # three rows or columns
+        producer_weight = name == "decoder.decoder.3.conv.conv.weight"  # zero rows; bias and columns not
+        assert torch.all((new[name][keep] == 0) if producer_weight else (new[name][keep] != 0)), name
+    assert anchor_entries(model) == {}

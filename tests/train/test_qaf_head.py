@@ -133,6 +133,25 @@ def test_finetune_writes_a_float_checkpoint_that_a_fresh_ptq_accepts(dataset, tm
     assert integer.shape == fraction.shape == (1, 1, 64, 64)
 
 
+def test_finetune_keeps_range_anchor_entries_fixed_and_trains_the_rest(dataset, tmp_path):
+    from npuq.models.anchors import add_range_anchors, anchor_entries
+
+    model = add_range_anchors(add_range_anchors(model_with("sigmoid-disp"), 5, 2, 20.0), 8, 1, 30.0).eval()
+    masks = anchor_entries(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = finetune_through_quantsim(model, PROFILE, calib(dataset), dataset, steps=3, lr=1e-2, seed=0,
+                                    out=tmp_path / "anchored.pt", batch_size=2)
+    after = load_model(out).state_dict()
+    assert set(masks) >= {"decoder.decoder.5.conv.conv.weight", "decoder.decoder.6.conv.conv.weight",
+                          "decoder.decoder.8.conv.conv.bias", "decoder.decoder.9.conv.conv.weight"}
+    for name, keep in masks.items():
+        assert torch.equal(after[name][keep], before[name][keep]), name
+        if name.endswith("weight"):  # the block's own entries of the same tensors do train
+            assert not torch.equal(after[name][~keep], before[name][~keep]), name
+    # the anchor channels still hold their value: the producers' anchor rows stayed zero
+    assert torch.all(after["decoder.decoder.5.conv.conv.weight"][-2:] == 0)
+
+
 def test_finetune_is_deterministic_in_its_arguments(dataset, tmp_path):
     paths = [finetune_through_quantsim(model_with("log-depth"), PROFILE, calib(dataset), dataset, steps=1,
                                        lr=1e-3, seed=3, out=tmp_path / f"run{i}.pt", batch_size=2)
