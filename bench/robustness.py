@@ -37,7 +37,9 @@ CENTRE = ("centre-logit", {})
 FP16 = ("mixed-precision", {"target": 1.05})
 CALIB = ("calib-search", {})
 QAF = ("qaf", {"steps": 200, "curve_every": 50})
+QAF_ANCHOR = ("qaf", {**QAF[1], "anchor": 1.0})  # the recommended-qaf plan's: float prediction kept
 DISTILL = ("distill", {"steps": 200, "curve_every": 50})
+DISTILL_OUTPUT = ("distill", {**DISTILL[1], "feature_weight": 0.0})  # output KD only, no feature term
 ROWS = {
     "reference": [],
     "range-anchor": [ANCHORS],
@@ -53,11 +55,11 @@ ROWS = {
     "distill": [DISTILL],
     "centre-logit+qaf": [CENTRE, QAF],
     "centre-logit+range-anchor+qaf": [CENTRE, ANCHORS, QAF],
-    # with the float anchor (the recommended-qaf plan): the float prediction kept on the reference's
-    "centre-logit+qaf-anchor": [CENTRE, ("qaf", {**QAF[1], "anchor": 1.0})],
+    "centre-logit+qaf-anchor": [CENTRE, QAF_ANCHOR],
+    "centre-logit+range-anchor+qaf-anchor": [CENTRE, ANCHORS, QAF_ANCHOR],
     "centre-logit+distill": [CENTRE, DISTILL],
-    # output KD only (teacher log depth, quantized and float student): no decoder-feature term
-    "centre-logit+distill-output": [CENTRE, ("distill", {**DISTILL[1], "feature_weight": 0.0})],
+    "centre-logit+distill-output": [CENTRE, DISTILL_OUTPUT],
+    "centre-logit+range-anchor+distill-output": [CENTRE, ANCHORS, DISTILL_OUTPUT],
 }
 DEFAULT = load_profile("npu-default")
 
@@ -111,7 +113,7 @@ def main() -> None:
                           CACHE / "robustness")
     reference_fp32 = float_metrics(load_model(ckpt), spec["test"].open(input_size(args.only), "native"),
                                    spec["metric"])["abs_rel"]
-    rows = _earlier_rows(args.only, reference_fp32)
+    rows = _earlier_rows(args.only)
     for name in args.rows.split(","):
         rows = [r for r in rows if r["remedy"] != name]
         handoff, seconds = remedy_output(ROWS[name], start, ctx)
@@ -123,6 +125,7 @@ def main() -> None:
             row[column] = score.int8["abs_rel"]
             print(f"{name} {column}: INT8 {score.int8['abs_rel']:.4f}", flush=True)
         row["remedy s"] = seconds
+        row["ref FP32"] = reference_fp32
         row["FP32 change"] = row["FP32 (hand-off)"] / reference_fp32 - 1.0
         row["npu-default / ref FP32"] = row["kl/tensorrt"] / reference_fp32
         row["worst / ref FP32"] = max(row[c] for c in COLUMNS) / reference_fp32
@@ -142,20 +145,25 @@ def _publish_curve(only: str, name: str, curve: list[dict]) -> None:
             rows, list(rows[0]), {"steps": ROWS[name], "validation": str(DATA[only]["val"])})
 
 
-def _earlier_rows(only: str, reference_fp32: float) -> list[dict]:
-    """Rows of the last run against the same reference, in ``ROWS`` order (re-run rows replace them)."""
+def _earlier_rows(only: str) -> list[dict]:
+    """Rows of the last run, in ``ROWS`` order (re-run rows replace them). Each row's ratios are
+    against its own ``ref FP32``: a reference retrained on another machine is not bit-identical."""
     path = RESULTS / f"robustness-{only}.json"
     if not path.exists():
         return []
     earlier = json.loads(path.read_text())
-    same = earlier["context"].get("reference_fp32") == reference_fp32
-    return [r for r in earlier["rows"] if r["remedy"] in ROWS] if same else []
+    context = earlier["context"]
+    last = context.get("reference_fp32 (rows run last)", context.get("reference_fp32"))
+    return [{**r, "ref FP32": r.get("ref FP32", last)}
+            for r in earlier["rows"] if r["remedy"] in ROWS]
 
 
 def _publish(only: str, rows: list[dict], spec: dict, ckpt: str, reference_fp32: float) -> None:
     title = f"Robustness matrix ({only}): INT8 abs_rel of each hand-off under every calibrator"
-    publish(f"robustness-{only}", title, rows, list(rows[0]),
-            {"reference": ckpt, "reference_fp32": reference_fp32, "train": str(spec["train"]),
+    order = ["remedy", "ref FP32", "FP32 (hand-off)", *COLUMNS, "remedy s", "FP32 change",
+             "npu-default / ref FP32", "worst / ref FP32"]
+    publish(f"robustness-{only}", title, rows, order,
+            {"reference": ckpt, "reference_fp32 (rows run last)": reference_fp32, "train": str(spec["train"]),
              "val": str(spec["val"]), "calibration": f"100 random frames of {spec['calib_pool']}, seed 0",
              "test": str(spec["test"]), "reference_train": RUNS[only]["train"].to_dict()})
 
