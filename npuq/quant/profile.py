@@ -251,6 +251,20 @@ def calibrator_variants(profile: QuantProfile, asymmetric: bool = True) -> dict[
     return variants
 
 
+# what a fine-tune can re-calibrate with besides the profile's own (same grids: no "asym")
+RECALIBRATION_VARIANTS = (*CALIBRATOR_VARIANTS, "no-bias-correction")
+
+
+def recalibration_variant(profile: QuantProfile, name: str) -> QuantProfile:
+    """``profile`` calibrated another way on the same grids: a ``CALIBRATOR_VARIANTS`` name, or
+    "no-bias-correction" (its own calibrator, bias correction off)."""
+    if name == "no-bias-correction":
+        return profile.replace(bias_correction="off")
+    if name not in CALIBRATOR_VARIANTS:
+        raise NpuqError(f"unknown calibrator {name!r}: one of {', '.join(RECALIBRATION_VARIANTS)}")
+    return profile.replace(activations=CALIBRATOR_VARIANTS[name])
+
+
 # what a search robust to the unknown calibrator checks: the profile's own, then every variant
 CALIBRATOR_CHOICES = ("profile", *CALIBRATOR_VARIANTS, "asym")
 

@@ -840,8 +840,12 @@ def simulate_ptq(model: nn.Module, profile: QuantProfile, calib_data: Any,
 
 def recalibrate(sim: QuantSim, batches: list[torch.Tensor], progress: bool = False) -> None:
     """What the toolchain computes for the sim's current weights: weight scales, activation thresholds
-    and the profile's bias correction (``simulate_ptq`` after building the graph)."""
+    and the profile's bias correction (``simulate_ptq`` after building the graph). Earlier corrections
+    are dropped first, as a fresh PTQ has none."""
     with torch.no_grad():
+        for layer in sim.layers.values():
+            layer.set_bias_correction(None)
+        sim.bias_corrections.clear()
         _init_weight_qparams(sim)
         calibrate(sim, batches, progress)
         if sim.profile.bias_correction == "empirical":

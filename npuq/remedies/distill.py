@@ -33,6 +33,7 @@ from npuq.errors import NpuqError
 from npuq.measure import fresh_ptq_curve
 from npuq.models.heads import as_tuple
 from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
+from npuq.remedies.qaf import check_calibrators
 from npuq.train import objectives
 
 DEFAULT_FEATURES = ("decoder.decoder.3.nonlin", "decoder.decoder.5.nonlin", "decoder.decoder.7.nonlin")
@@ -50,6 +51,7 @@ class DistillConfig(RemedyConfig):
     supervised: float = 0.0
     float_weight: float = 1.0  # output KD of the float (unquantized) student: keeps the hand-off's FP32
     recalibrate_every: int | None = 25
+    calibrators: tuple[str, ...] = ()  # re-calibration cycles through the profile's own and these (qaf's)
     # a fresh PTQ on the validation frames at step 0, every k steps and at the end: notes["curve"] (0: off)
     curve_every: int = 0
 
@@ -64,6 +66,7 @@ class DistillConfig(RemedyConfig):
             raise NpuqError("distill: recalibrate_every must be positive or null")
         if self.curve_every < 0:
             raise NpuqError("distill: curve_every must be >= 0")
+        check_calibrators("distill", self.calibrators, self.recalibrate_every)
 
     @classmethod
     def smoke(cls) -> DistillConfig:
@@ -129,6 +132,6 @@ def distill(handoff: Handoff, cfg: DistillConfig, ctx: Context) -> Handoff:
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=("decoder.", "head."), recalibrate_every=cfg.recalibrate_every,
                               force=True, progress=ctx.progress, device=ctx.device, kind="distill",
-                              curve_every=cfg.curve_every, on_curve=record,
+                              curve_every=cfg.curve_every, on_curve=record, rotate_with=cfg.calibrators,
                               objective_for=lambda sim: Distillation(sim, teacher, student.head, cfg))
     return dataclasses.replace(handoff, checkpoint=out, notes={"curve": curve} if curve else {})

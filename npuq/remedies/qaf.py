@@ -9,6 +9,10 @@ instead of fitting thresholds the vendor recomputes anyway. The float weights ar
 Loss: the head's own loss on the simulated INT8 outputs, plus optionally ``anchor`` x the L1 between the
 float model's own log depth (the same sim with quantization off) and the unchanged reference's: it
 keeps the hand-off's FP32 from drifting while the INT8 model learns to cancel the clipping.
+
+``calibrators``: re-calibrations cycle through the profile's own and these (e.g. "no-bias-correction",
+"minmax"). Re-calibrating with the profile's alone fits its thresholds and bias correction: on both
+datasets the worst matrix column of such a fine-tune is the same calibrator without bias correction.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 from npuq.errors import NpuqError
 from npuq.measure import fresh_ptq_curve
+from npuq.quant.profile import RECALIBRATION_VARIANTS
 from npuq.remedies.base import Context, Handoff, RemedyConfig, input_size, register_remedy
 
 
@@ -32,6 +37,9 @@ class QafConfig(RemedyConfig):
     curve_every: int = 0
     prefixes: tuple[str, ...] = ("decoder.", "head.")  # which float parameters train
     anchor: float = 0.0  # weight of the float-prediction anchor to the reference (0: off)
+    # re-calibrations cycle through the profile's own calibrator, then these (RECALIBRATION_VARIANTS),
+    # so the weights fit no single calibrator's thresholds; empty: the profile's own only
+    calibrators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.lr <= 0 or self.batch_size <= 0:
@@ -42,10 +50,20 @@ class QafConfig(RemedyConfig):
             raise NpuqError("qaf: curve_every must be >= 0")
         if self.anchor < 0:
             raise NpuqError("qaf: anchor must be >= 0")
+        check_calibrators("qaf", self.calibrators, self.recalibrate_every)
 
     @classmethod
     def smoke(cls) -> QafConfig:
         return cls(steps=2, batch_size=2, recalibrate_every=1, anchor=0.5)
+
+
+def check_calibrators(remedy: str, names: tuple[str, ...], recalibrate_every: int | None) -> None:
+    unknown = [n for n in names if n not in RECALIBRATION_VARIANTS]
+    if unknown:
+        raise NpuqError(f"{remedy}: calibrators must be among {', '.join(RECALIBRATION_VARIANTS)}, "
+                        f"got {unknown[0]!r}")
+    if names and recalibrate_every is None:
+        raise NpuqError(f"{remedy}: calibrators need recalibrate_every")
 
 
 @register_remedy(QafConfig)
@@ -69,5 +87,6 @@ def finetune_through_toolchain(handoff: Handoff, cfg: QafConfig, ctx: Context) -
                               steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, out=out, batch_size=cfg.batch_size,
                               prefixes=cfg.prefixes, recalibrate_every=cfg.recalibrate_every, force=True,
                               progress=ctx.progress, device=ctx.device, objective_for=objective_for,
-                              kind="qaf", curve_every=cfg.curve_every, on_curve=record)
+                              kind="qaf", curve_every=cfg.curve_every, on_curve=record,
+                              rotate_with=cfg.calibrators)
     return dataclasses.replace(handoff, checkpoint=out, notes={"curve": curve} if curve else {})

@@ -42,7 +42,7 @@ from npuq.device import resolve_device
 from npuq.errors import NpuqError
 from npuq.io import check_writable
 from npuq.models.anchors import anchor_blocks, anchor_entries
-from npuq.quant.profile import QuantProfile, load_profile
+from npuq.quant.profile import QuantProfile, load_profile, recalibration_variant
 from npuq.quant.sim import QuantSim, calibration_batches, recalibrate, simulate_ptq
 from npuq.train import objectives
 from npuq.train.loop import FitConfig, Hooks, Objective, fit, new_state
@@ -121,12 +121,15 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
                       recalibrate_every: int | None = None,
                       objective: Objective | None = None,
                       every_step: Callable[[int], None] | None = None,
-                      frozen: dict[str, Tensor] | None = None) -> list[float]:
+                      frozen: dict[str, Tensor] | None = None,
+                      rotation: Sequence[QuantProfile] = ()) -> list[float]:
     """Train the sim's parameters ``names`` for ``steps`` Adam steps on ``objective`` (default: ``head_loss``
     of the simulated INT8 outputs, scale 0). Returns the loss of every step. ``head`` supplies
     encode/decode only.
 
-    ``recalibrate_every=k`` (needs ``calib_batches``) runs ``recalibrate`` before steps k, 2k, ...
+    ``recalibrate_every=k`` (needs ``calib_batches``) runs ``recalibrate`` before steps k, 2k, ...;
+    with a ``rotation`` of profiles (the sim's own first), the r-th re-calibration is that of
+    ``rotation[r % len(rotation)]``, so the weights do not fit one calibrator's thresholds.
     ``every_step(step)`` runs before every step (after the re-calibration). ``frozen``: boolean masks
     (by float-model name) of entries that get no gradient and so never move (range anchors).
     """
@@ -139,18 +142,38 @@ def train_through_sim(sim: QuantSim, head: nn.Module, dataset: Any, names: Seque
     cfg = FitConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, augment=False, optimizer="adam",
                     schedule="constant", label="quantsim fine-tune")
 
+    _check_rotation(sim.profile, rotation)
+    own = sim.profile
+
     def before_step(step: int) -> None:
         if recalibrate_every and step and step % recalibrate_every == 0:
+            if rotation:
+                sim.profile = rotation[(step // recalibrate_every) % len(rotation)]
             recalibrate(sim, [b.to(device) for b in calib_batches])
         if every_step is not None:
             every_step(step)
 
     # the trace is the eval-mode model; train() would only touch unfolded BN statistics
     hooks = Hooks(before_step=before_step, train_mode=nn.Module.eval)
-    with _only_trainable(sim, params), _frozen_entries(sim, names, frozen or {}), torch.enable_grad():
-        state = fit(sim, dataset, objective or objectives.head(head), cfg, new_state(params, cfg),
-                    hooks, progress, device)
+    try:
+        with _only_trainable(sim, params), _frozen_entries(sim, names, frozen or {}), torch.enable_grad():
+            state = fit(sim, dataset, objective or objectives.head(head), cfg, new_state(params, cfg),
+                        hooks, progress, device)
+    finally:
+        sim.profile = own
     return state.losses
+
+
+def _check_rotation(profile: QuantProfile, rotation: Sequence[QuantProfile]) -> None:
+    """Only what re-calibration computes may differ: the quantizers' grids and FP16 layers are built in."""
+    if rotation and rotation[0] != profile:
+        raise NpuqError("quantsim fine-tune: a calibrator rotation starts with the sim's own profile")
+    for other in rotation:
+        grids = [(p.activations.bits, p.activations.symmetric, p.weights, p.fp16_layers, p.cle, p.fold_bn,
+                  p.quantize_outputs) for p in (profile, other)]
+        if grids[0] != grids[1]:
+            raise NpuqError(f"quantsim fine-tune: profile {other.name!r} in the calibrator rotation changes "
+                            "the grids or FP16 layers, not only how ranges are calibrated")
 
 
 def _open_data(data: Any, size: tuple[int, int]) -> Any:
@@ -179,7 +202,8 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
                               progress: bool = False, device: str = "cpu",
                               objective_for: Callable[[QuantSim], Objective] | None = None,
                               kind: str = "quantsim-finetune", curve_every: int | None = None,
-                              on_curve: Callable[[int, nn.Module], None] | None = None) -> Path:
+                              on_curve: Callable[[int, nn.Module], None] | None = None,
+                              rotate_with: Sequence[str] = ()) -> Path:
     """Fake-quant fine-tune of ``model`` (a DepthResNet, changed in place) and save it as a float checkpoint.
 
     ``profile``: a QuantProfile or a profile name / path. ``calib_rgb``: calibration images for
@@ -191,13 +215,17 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
     ``extra["qaf"]`` lists the trained parameters and the losses. ``objective_for(sim)`` replaces the
     default head loss (distillation hooks into the sim it is given). ``on_curve(step, model)`` sees the
     float model with the weights of steps 0, ``curve_every``, 2x, ... and of the last step (to measure a
-    fresh PTQ of each; it must not change the model).
+    fresh PTQ of each; it must not change the model). ``rotate_with``: names of other calibrations of the
+    same grids (``npuq.quant.profile.recalibration_variant``) that re-calibration cycles through after
+    ``profile``'s own (``train_through_sim``'s rotation).
     """
     if steps <= 0 or lr <= 0 or batch_size <= 0:
         raise NpuqError(f"quantsim fine-tune: steps, lr and batch_size must be positive "
                         f"(got {steps}, {lr}, {batch_size})")
     out = check_writable(out, force)
     quant_profile = _as_profile(profile)
+    others = [recalibration_variant(quant_profile, name) for name in rotate_with]
+    rotation = [quant_profile, *others] if others else []
     dev = resolve_device(device)
     model = model.to(dev)
     batches = [b.to(dev) for b in calibration_batches(calib_rgb)]
@@ -218,7 +246,8 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
         torch.manual_seed(seed)
         objective = objective_for(sim) if objective_for is not None else None
         losses = train_through_sim(sim, model.head, dataset, names, steps, lr, seed, batch_size, progress,
-                                   batches, recalibrate_every, objective, snapshot, frozen)
+                                   batches, recalibrate_every, objective, snapshot, frozen,
+                                   rotation)
     write_back(sim, model, names)
     if on_curve is not None and curve_every:
         on_curve(steps, model.eval())
@@ -227,6 +256,7 @@ def finetune_through_quantsim(model: nn.Module, profile: QuantProfile | str | Pa
 
     config = {"kind": kind, "size": list(size), "steps": steps, "lr": lr, "seed": seed,
               "batch_size": batch_size, "profile": quant_profile.name, "recalibrate_every": recalibrate_every,
+              "rotate_with": list(rotate_with),
               "data": str(data) if isinstance(data, str | Path) else type(data).__name__,
               "head": getattr(getattr(model, "config", None), "head", None)}
     extra = {"train": {"step": steps, "finished": True, "loss": losses[-1], "config": config},

@@ -11,7 +11,7 @@ from npuq.data.datasets import open_dataset
 from npuq.errors import NpuqError
 from npuq.models import DepthNetConfig, DepthResNet, load_checkpoint_dict, load_model
 from npuq.quant import simulate_ptq
-from npuq.quant.profile import QuantProfile, TensorQuantConfig
+from npuq.quant.profile import QuantProfile, TensorQuantConfig, recalibration_variant
 from npuq.train.head_losses import head_loss
 from npuq.train.qaf_head import (
     finetune_through_quantsim,
@@ -109,6 +109,48 @@ def test_recalibrated_scales_are_those_of_a_fresh_ptq_of_the_written_back_model(
     assert now == pytest.approx(expected, rel=1e-5) and now != pytest.approx(stale, rel=1e-5)
     for name, wq in sim.weight_quantizers.items():
         assert wq.scale_list() == pytest.approx(fresh.weight_quantizers[name].scale_list(), rel=1e-5), name
+
+
+def test_recalibrating_without_bias_correction_drops_the_earlier_corrections(dataset):
+    model = model_with("int-frac")
+    corrected = PROFILE.replace(bias_correction="empirical")
+    sim = simulate_ptq(model, corrected, calib(dataset))
+    assert sim.bias_corrections
+    sim.profile = corrected.replace(bias_correction="off")
+    recalibrate(sim, [calib(dataset)])
+    fresh = simulate_ptq(model, corrected.replace(bias_correction="off"), calib(dataset))
+    assert sim.bias_corrections == {} and all(layer.bias_correction is None for layer in sim.layers.values())
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(sim(calib(dataset)), fresh(calib(dataset)), strict=True))
+
+
+def test_a_calibrator_rotation_recalibrates_as_each_fresh_ptq_would(dataset):
+    model = model_with("log-depth")
+    own = PROFILE.replace(bias_correction="empirical")
+    rotation = [own, *(recalibration_variant(own, n) for n in ("percentile 99.99", "no-bias-correction"))]
+    sim = simulate_ptq(model, own, calib(dataset))
+    names = mappable_parameters(sim, model)
+    seen = {}
+
+    def snapshot(step):  # after the step's re-calibration, before its update
+        write_back(sim, model, names)
+        seen[step] = ([q.scale for q in sim.quantizers.values()], dict(sim.bias_corrections),
+                      simulate_ptq(model, rotation[step % 3], calib(dataset)))
+
+    train_through_sim(sim, model.head, dataset, names, steps=3, lr=1e-2, seed=0, batch_size=2,
+                      calib_batches=[calib(dataset)], recalibrate_every=1, every_step=snapshot,
+                      rotation=rotation)
+    for step in (1, 2):
+        scales, corrections, fresh = seen[step]
+        assert scales == pytest.approx([q.scale for q in fresh.quantizers.values()], rel=1e-5), step
+        assert set(corrections) == set(fresh.bias_corrections), step
+    assert seen[1][0] != pytest.approx(seen[2][0], rel=1e-3)  # percentile, then the profile's min/max
+    assert seen[1][1] and not seen[2][1]
+    assert sim.profile is own  # restored
+    with pytest.raises(NpuqError, match="changes the grids"):
+        train_through_sim(sim, model.head, dataset, names, steps=1, lr=1e-2, seed=0, batch_size=2,
+                          calib_batches=[calib(dataset)], recalibrate_every=1,
+                          rotation=[own, own.replace(activations={"symmetric": False})])
 
 
 def test_finetune_writes_a_float_checkpoint_that_a_fresh_ptq_accepts(dataset, tmp_path):
