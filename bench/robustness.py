@@ -38,6 +38,9 @@ FP16 = ("mixed-precision", {"target": 1.05})
 CALIB = ("calib-search", {})
 QAF = ("qaf", {"steps": 200, "curve_every": 50})
 QAF_ANCHOR = ("qaf", {**QAF[1], "anchor": 1.0})  # the recommended-qaf plan's: float prediction kept
+# re-calibrated in turn by the profile's own, without bias correction and by min/max (the fine-tunes'
+# worst columns): fits no single calibrator
+QAF_ROTATE = ("qaf", {**QAF_ANCHOR[1], "calibrators": ["no-bias-correction", "minmax"]})
 DISTILL = ("distill", {"steps": 200, "curve_every": 50})
 DISTILL_OUTPUT = ("distill", {**DISTILL[1], "feature_weight": 0.0})  # output KD only, no feature term
 ROWS = {
@@ -57,9 +60,13 @@ ROWS = {
     "centre-logit+range-anchor+qaf": [CENTRE, ANCHORS, QAF],
     "centre-logit+qaf-anchor": [CENTRE, QAF_ANCHOR],
     "centre-logit+range-anchor+qaf-anchor": [CENTRE, ANCHORS, QAF_ANCHOR],
+    "centre-logit+qaf-rotate": [CENTRE, QAF_ROTATE],
+    "centre-logit+range-anchor+qaf-rotate": [CENTRE, ANCHORS, QAF_ROTATE],
     "centre-logit+distill": [CENTRE, DISTILL],
     "centre-logit+distill-output": [CENTRE, DISTILL_OUTPUT],
     "centre-logit+range-anchor+distill-output": [CENTRE, ANCHORS, DISTILL_OUTPUT],
+    "centre-logit+range-anchor+distill-rotate": [CENTRE, ANCHORS, ("distill", {**DISTILL_OUTPUT[1],
+                                                 "calibrators": ["no-bias-correction", "minmax"]})],
 }
 DEFAULT = load_profile("npu-default")
 
