@@ -457,8 +457,8 @@ def weight_norm(
 @user_errors
 def roadmap(
     plan: Annotated[str, typer.Argument(help="Shipped plan name (path-a, path-b, path-c, recommended, "
-                                             "recommended-qaf, recommended-kd, demo, demo-quick) or a "
-                                             "plan YAML.")],
+                                             "recommended-ft, recommended-qaf, recommended-kd, demo, "
+                                             "demo-quick) or a plan YAML.")],
     data: Annotated[str, typer.Option(help="Training data (dataset folder or synth: spec).")],
     test: Annotated[str, typer.Option(help="Test data, scored only: no remedy or choice sees it.")],
     model: Annotated[Path | None, typer.Option(help="Float checkpoint to start from (else the plan's "

@@ -11,7 +11,7 @@ def test_the_user_paths_and_npuqs_own_plans_ship():
 
 
 @pytest.mark.parametrize("name", ["path-a", "path-b", "path-c", "recommended", "recommended-qaf",
-                                  "recommended-kd", "demo", "demo-quick"])
+                                  "recommended-kd", "recommended-ft", "demo", "demo-quick"])
 def test_shipped_plans_load_and_name_their_remedies(name):
     plan = load_plan(name)
     assert plan.steps and all(step.config.name for step in plan.steps)
