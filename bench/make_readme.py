@@ -90,6 +90,10 @@ SECTIONS = [
      "python bench/roadmap.py --plan recommended --only 7scenes --seeds 0,1,2"),
     ("The recommended chain over three seeds, synthetic", "roadmap-recommended-synthetic-seeds",
      "python bench/roadmap.py --plan recommended --only synthetic --seeds 0,1,2"),
+    ("recommended-ft over three seeds, 7-Scenes", "roadmap-recommended-ft-7scenes-seeds",
+     "python bench/roadmap.py --plan recommended-ft --only 7scenes --seeds 0,1,2"),
+    ("recommended-ft over three seeds, synthetic", "roadmap-recommended-ft-synthetic-seeds",
+     "python bench/roadmap.py --plan recommended-ft --only synthetic --seeds 0,1,2"),
     ("Centred logit + QAF (no extra MACs) over three seeds, 7-Scenes",
      "roadmap-recommended-qaf-7scenes-seeds",
      "python bench/roadmap.py --plan recommended-qaf --only 7scenes --seeds 0,1,2"),
@@ -104,8 +108,9 @@ SECTIONS = [
      "python bench/probe_onnxruntime.py"),
 ]
 # `npuq roadmap` runs of shipped plans (bench/roadmap.py): the report as the user gets it, and its plot.
-ROADMAPS = [("recommended", "7scenes"), ("recommended-qaf", "7scenes"), ("recommended-kd", "7scenes"),
-            ("recommended", "synthetic"), ("path-c", "7scenes"), ("path-a", "7scenes"), ("path-b", "7scenes")]
+ROADMAPS = [("recommended", "7scenes"), ("recommended-ft", "7scenes"), ("recommended-qaf", "7scenes"),
+            ("recommended-kd", "7scenes"), ("recommended", "synthetic"), ("path-c", "7scenes"),
+            ("path-a", "7scenes"), ("path-b", "7scenes")]
 PLOTS = {name: f"{name}.png" for name in ("calib-sweep-7scenes", "calib-sweep-synthetic",
                                           "mixed-precision-7scenes")}
 # Written before the calibrator variants existed: their `kl` is npuq's earlier search, which is neither
