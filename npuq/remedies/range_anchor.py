@@ -17,7 +17,8 @@ output and the output the simulated toolchain computes (upstream layers quantize
 model is checked by a fresh ``simulate_ptq`` under every calibrator; a block whose range still flips
 back to the spike gets the best candidate at ``PINNED_VALUE`` or above, where no entropy search can
 reach the spike; one that flips even so (a block reaching 50-200 whose few anchor channels the search
-clips as a tail) gets more anchor channels, round by round. The notes say which blocks were repaired
+clips as a tail) gets more anchor channels, round by round: twice as many once the tried counts are
+exhausted, up to the block's own channel count. The notes say which blocks were repaired
 and which (if any) still flip.
 
 The rewrite itself is ``npuq.models.anchors.add_range_anchors``: the float outputs are unchanged, so
@@ -103,7 +104,8 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     flipped = flipped_blocks(model, handoff.profile, cfg.calibrators, rgb, chosen)
     repaired: set[int] = set()
     for _ in range(REPAIR_ROUNDS):
-        stronger = {b: pinned_candidate(report[str(b)], chosen[b]) for b in flipped}
+        stronger = {b: stronger_candidate(views[b], calibrators, cfg, report[str(b)], chosen[b])
+                    for b in flipped}
         stronger = {b: c for b, c in stronger.items() if c is not None}
         if not stronger:
             break
@@ -155,6 +157,21 @@ def pinned_candidate(rows: list[dict[str, Any]],
         return None
     best = min(pinned, key=lambda r: r["worst_mse"])
     return {**best, "gain": rows[0]["worst_mse"] / best["worst_mse"] if best["worst_mse"] > 0 else 0.0}
+
+
+def stronger_candidate(views: Sequence[torch.Tensor], calibrators: dict[str, TensorQuantConfig],
+                       cfg: RangeAnchorConfig, rows: list[dict[str, Any]],
+                       current: dict[str, Any]) -> dict[str, Any] | None:
+    """What a flipped block gets next: the best pinned candidate stronger than ``current`` among those
+    tried, or else twice ``current``'s anchor channels (at most the block's own count), scored now and
+    added to ``rows``. None when the block has nothing stronger left."""
+    found = pinned_candidate(rows, current)
+    count = min(2 * current["count"], views[0].shape[1])
+    if found is not None or count <= current["count"]:
+        return found
+    _, more = search_block(views, calibrators, dataclasses.replace(cfg, counts=(count,), min_gain=0.0))
+    rows.extend(more[1:])
+    return pinned_candidate(rows, current)
 
 
 def flipped_blocks(model: torch.nn.Module, profile: QuantProfile, names: Sequence[str], rgb: torch.Tensor,

@@ -12,6 +12,7 @@ from npuq.remedies.range_anchor import (
     flipped_blocks,
     pinned_candidate,
     search_block,
+    stronger_candidate,
 )
 
 DEFAULT = load_profile("npu-default")
@@ -102,3 +103,17 @@ def test_a_block_that_flips_again_gets_more_anchor_channels():
     assert pinned_candidate(rows, rows[1])["count"] == 4  # 1 channel at 57 flipped: the best with more
     assert pinned_candidate(rows, rows[4])["count"] == 16 and pinned_candidate(rows, rows[4])["value"] == 57.0
     assert pinned_candidate(rows, rows[5]) is None  # nothing stronger than 32 at 24 was tried
+
+
+def test_a_block_that_flips_at_the_most_channels_tried_gets_twice_as_many():
+    cfg = RangeAnchorConfig(calibrators=("profile",), counts=(1, 2))
+    calibrators = activation_calibrators(DEFAULT, cfg.calibrators)
+    x = _elu_like()  # 8 channels
+    _, rows = search_block(x, calibrators, cfg)
+    current = next(r for r in rows if r["count"] == 2 and r["value"] >= PINNED_VALUE)
+    tried = len(rows)
+    nxt = stronger_candidate([x], calibrators, cfg, rows, current)
+    assert nxt["count"] == 4 and nxt["value"] >= PINNED_VALUE
+    assert len(rows) > tried and {r["count"] for r in rows[tried:]} == {4}  # scored and recorded
+    at_most = {**current, "count": 8}
+    assert stronger_candidate([x], calibrators, cfg, rows, at_most) is None  # every channel already
