@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(DATA), default="7scenes")
     parser.add_argument("--seeds", default="0", help="comma-separated: the report is the first seed's; "
                         "with more, a table of every seed's final step (mean +- std)")
+    parser.add_argument("--tag", default="", help="suffix of the result names: keeps the results of a "
+                        "reference retrained on another machine type beside the committed ones")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    target = RESULTS / f"roadmap-{args.plan}-{args.only}"
+    target = RESULTS / f"roadmap-{args.plan}-{args.only}{_suffix(args.tag)}"
     finals = [_run(args.plan, args.only, seed, target if i == 0 else None) for i, seed in enumerate(seeds)]
     if len(seeds) > 1:
         _publish_seeds(args, seeds, finals)
@@ -75,17 +77,24 @@ def _run(plan: str, only: str, seed: int, target) -> dict:
             "remedies_s": sum(row["seconds"] or 0.0 for row in result["rows"]), "wall_s": seconds}
 
 
+def _suffix(tag: str) -> str:
+    return f"-{tag}" if tag else ""
+
+
 def _publish_seeds(args, seeds: list[int], finals: list[dict]) -> None:
     summary = {"seed": "mean +- std"}
     for key in ("fp32", "int8", "int8_over_reference", "baseline_int8"):
         values = [f[key] for f in finals]
         summary[key] = f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
     columns = ["seed", "fp32", "int8", "int8_over_reference", "baseline_int8", "remedies_s", "wall_s"]
+    reference_fp32 = finals[0]["int8"] / finals[0]["int8_over_reference"]
     context = {"seeds": seeds, "plan": args.plan, "reference": reference_checkpoint(args.only)[0],
+               "reference_fp32": round(reference_fp32, 4),
                "remedies_s": "the steps' wall times (a cached step's from the run that computed it)",
                "wall_s": "this command's wall time (a cached step costs only its scoring)"}
-    publish(f"roadmap-{args.plan}-{args.only}-seeds", f"Roadmap `{args.plan}` on {args.only}: final step "
-            f"per seed (seed = the Baseline's random calibration draw and every remedy's seed)",
+    publish(f"roadmap-{args.plan}-{args.only}{_suffix(args.tag)}-seeds",
+            f"Roadmap `{args.plan}` on {args.only}: final step per seed (seed = the Baseline's random "
+            f"calibration draw and every remedy's seed)",
             [*finals, summary], columns, context)
 
 

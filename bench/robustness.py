@@ -122,7 +122,7 @@ def main() -> None:
                                    spec["metric"])["abs_rel"]
     rows = _earlier_rows(args.only)
     for name in args.rows.split(","):
-        rows = [r for r in rows if r["remedy"] != name]
+        rows = [r for r in rows if not (r["remedy"] == name and _same_reference(r, reference_fp32))]
         handoff, seconds = remedy_output(ROWS[name], start, ctx)
         row = {"remedy": name}
         for column, profile in columns(handoff.profile).items():
@@ -136,25 +136,31 @@ def main() -> None:
         row["FP32 change"] = row["FP32 (hand-off)"] / reference_fp32 - 1.0
         row["npu-default / ref FP32"] = row["kl/tensorrt"] / reference_fp32
         row["worst / ref FP32"] = max(row[c] for c in COLUMNS) / reference_fp32
-        rows = sorted([*rows, row], key=lambda r: list(ROWS).index(r["remedy"]))
+        rows = sorted([*rows, row], key=lambda r: (list(ROWS).index(r["remedy"]), -r["ref FP32"]))
         if "curve" in handoff.notes:
-            _publish_curve(args.only, name, handoff.notes["curve"])
+            _publish_curve(args.only, name, handoff.notes["curve"], reference_fp32)
         print(f"{name}: FP32 of the hand-off {row['FP32 (hand-off)']:.4f}", flush=True)
         _publish(args.only, rows, spec, ckpt, reference_fp32)  # after every row: a partial run keeps its rows
 
 
-def _publish_curve(only: str, name: str, curve: list[dict]) -> None:
+def _publish_curve(only: str, name: str, curve: list[dict], reference_fp32: float) -> None:
     """The fine-tune's curve: a fresh PTQ of its weights every k steps, on the validation frames."""
     start = curve[0]["val_fp32"]  # step 0: the fine-tune's input
     rows = [{"step": p["step"], "val FP32 (hand-off)": p["val_fp32"], "val INT8": p["val_int8"],
              "val INT8 / step-0 val FP32": p["val_int8"] / start} for p in curve]
     publish(f"curve-{name}-{only}", f"{name} ({only}): fresh PTQ along the fine-tune, validation frames",
-            rows, list(rows[0]), {"steps": ROWS[name], "validation": str(DATA[only]["val"])})
+            rows, list(rows[0]), {"steps": ROWS[name], "validation": str(DATA[only]["val"]),
+                                  "reference_fp32": round(reference_fp32, 4)})
+
+
+def _same_reference(row: dict, reference_fp32: float) -> bool:
+    return abs(row["ref FP32"] - reference_fp32) < 1e-6
 
 
 def _earlier_rows(only: str) -> list[dict]:
-    """Rows of the last run, in ``ROWS`` order (re-run rows replace them). Each row's ratios are
-    against its own ``ref FP32``: a reference retrained on another machine is not bit-identical."""
+    """Rows of the last runs, in ``ROWS`` order. A re-run row replaces the row of the same remedy on
+    the same reference and keeps those on others: a reference retrained on another machine type is
+    not bit-identical, and each row's ratios are against its own ``ref FP32``."""
     path = RESULTS / f"robustness-{only}.json"
     if not path.exists():
         return []
