@@ -29,7 +29,8 @@ Reports, with plots and JSON:
 
 # robustness rows that fine-tune: a fresh PTQ on validation frames along the way (bench/robustness.py)
 CHAIN_CURVES = ("centre-logit+range-anchor+qaf-anchor", "centre-logit+range-anchor+distill-output",
-                "centre-logit+range-anchor+qaf-rotate", "centre-logit+qaf-rotate",
+                "centre-logit+range-anchor+qaf-rotate", "centre-logit+range-anchor+qaf-rotate-400",
+                "centre-logit+qaf-rotate",
                 "centre-logit+range-anchor+distill-rotate")
 FINE_TUNE_CURVES = [
     *((row, "7scenes") for row in ("qaf", "distill", "centre-logit+qaf", "centre-logit+qaf-anchor",

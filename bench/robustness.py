@@ -41,6 +41,7 @@ QAF_ANCHOR = ("qaf", {**QAF[1], "anchor": 1.0})  # the recommended-qaf plan's: f
 # re-calibrated in turn by the profile's own, without bias correction and by min/max (the fine-tunes'
 # worst columns): fits no single calibrator
 QAF_ROTATE = ("qaf", {**QAF_ANCHOR[1], "calibrators": ["no-bias-correction", "minmax"]})
+QAF_ROTATE_400 = ("qaf", {**QAF_ROTATE[1], "steps": 400, "curve_every": 100})  # recommended-ft's since 12-04
 DISTILL = ("distill", {"steps": 200, "curve_every": 50})
 DISTILL_OUTPUT = ("distill", {**DISTILL[1], "feature_weight": 0.0})  # output KD only, no feature term
 ROWS = {
@@ -62,6 +63,7 @@ ROWS = {
     "centre-logit+range-anchor+qaf-anchor": [CENTRE, ANCHORS, QAF_ANCHOR],
     "centre-logit+qaf-rotate": [CENTRE, QAF_ROTATE],
     "centre-logit+range-anchor+qaf-rotate": [CENTRE, ANCHORS, QAF_ROTATE],
+    "centre-logit+range-anchor+qaf-rotate-400": [CENTRE, ANCHORS, QAF_ROTATE_400],
     "centre-logit+distill": [CENTRE, DISTILL],
     "centre-logit+distill-output": [CENTRE, DISTILL_OUTPUT],
     "centre-logit+range-anchor+distill-output": [CENTRE, ANCHORS, DISTILL_OUTPUT],
