@@ -45,7 +45,6 @@ SEED_TABLES = [("recommended", "7scenes", "The recommended chain over three seed
 # Training is deterministic per machine type, not across them: results on the other type's references
 # are published with `--tag epyc` beside the untagged ones (AVX-512/AMX Xeon: 0.0889 / 0.0722).
 MACHINE_TYPES = [("", ""), ("epyc", " (AMD EPYC machine type: references 0.0894 / 0.0597)")]
-OLD_PLAN = {"recommended-ft": " (Xeon references 0.0889 / 0.0722; QAF then ran 200 steps, now 400)"}
 SECTIONS = [
     ("Synthetic data generator", "synth", "python bench/bench_synth.py"),
     ("FP32 reference model: synthetic", "reference-synthetic", "python bench/reference.py --only synthetic"),
@@ -95,7 +94,7 @@ SECTIONS = [
      "python bench/robustness.py --only 7scenes"),
     ("Robustness matrix: remedies under every calibrator, synthetic", "robustness-synthetic",
      "python bench/robustness.py --only synthetic"),
-    *((f"{title}{suffix or OLD_PLAN.get(plan, '')}", f"roadmap-{plan}-{data}{f'-{tag}' if tag else ''}-seeds",
+    *((f"{title}{suffix}", f"roadmap-{plan}-{data}{f'-{tag}' if tag else ''}-seeds",
        f"python bench/roadmap.py --plan {plan} --only {data} --seeds 0,1,2{f' --tag {tag}' if tag else ''}")
       for plan, data, title in SEED_TABLES for tag, suffix in MACHINE_TYPES),
     ("Centred logit + QAF (no extra MACs) over three seeds, 7-Scenes",
