@@ -3,7 +3,7 @@ the vendor; `npuq probe fit` must name what it did.
 
     python bench/probe_onnxruntime.py
 
-Every setting compiles the 10 probes of `npuq probe export` with quantize_static (QDQ, the kit's
+Every setting compiles the 11 probes of `npuq probe export` with quantize_static (QDQ, the kit's
 calibration sets), runs them in ONNX Runtime (standard ops) and fits a profile to the outputs.
 """
 
@@ -48,17 +48,18 @@ def main() -> None:
                        fitted.weights.granularity == granularity)
             rng = fields["activations.range"]
             others = (f"{fitted.bias_correction} / {'on' if fitted.cle else 'off'} / "
+                      f"{'fused' if fitted.fuse_clip else 'not fused'} / "
                       f"{'quantized' if fitted.quantize_outputs else 'float'}")
             rows.append({"onnxruntime setting": settings.label,
                          "fitted grid": fields["activations.grid"].value,
                          "fitted range": f"{fitted.activations.calibrator} ({rng.confidence})",
                          "fitted weights": fitted.weights.granularity,
-                         "bias correction / CLE / outputs": others,
+                         "bias correction / CLE / Clip / outputs": others,
                          "worst probe agreement": round(min(result.agreement.values()), 4),
                          "grid, range and granularity right": "yes" if correct else "NO",
                          "fit seconds": round(t.seconds, 1)})
     publish("probe-onnxruntime", "npuq probe fit against ONNX Runtime quantize_static", rows, list(rows[0]),
-            {"kit": "npuq probe export (10 probes, calibration and inputs fixed by their definitions)",
+            {"kit": "npuq probe export (11 probes, calibration and inputs fixed by their definitions)",
              "device": "onnxruntime.quantization.quantize_static, QDQ, weights QInt8; session with graph "
                        "optimizations off", "seed": "none (the kit is deterministic)"})
 

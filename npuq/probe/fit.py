@@ -7,7 +7,8 @@ fixed at their fitted values:
 2. whether outputs are quantized: the ``outputs`` probe's distinct values against the grid's levels;
 3. the activation range method: every candidate calibrator simulated on the four ``range-*`` probes, its
    predicted saturation levels against the device's;
-4. weight granularity, weight range method and bias correction, 5. CLE, 6. FP16: each candidate setting
+4. weight granularity, weight range method and bias correction, 5. CLE, 6. whether a Clip is fused into
+   the conv before it, 7. FP16: each candidate setting
    simulated on its probe, its outputs against the device's in output steps.
 
 A field whose best candidate still misses the device is reported as fitting no modelled setting, with the
@@ -139,7 +140,8 @@ def fit_kit(kit_dir: str | Path, outputs_dir: str | Path) -> FitResult:
     range_fit, activations = fit_range(kit, device, profile)
     fits.append(range_fit)
     profile = profile.replace(activations=activations)
-    for stage in (weight_candidates, weight_range_candidates, cle_candidates, fp16_candidates):
+    stages = (weight_candidates, weight_range_candidates, cle_candidates, clip_candidates, fp16_candidates)
+    for stage in stages:
         stage_fit, profile = fit_by_simulation(kit, device, profile, *stage(profile))
         fits.append(stage_fit)
     agreement = {name: within_one_step(kit.simulate(name, profile), device[name]) for name in kit.entries}
@@ -257,6 +259,11 @@ def cle_candidates(profile: QuantProfile):
             label = ("on" if cle else "off") + (f", bias correction {bc}" if bc != "off" else "")
             candidates[label] = profile.replace(cle=cle, bias_correction=bc)
     return "cle", "cle" + (", bias_correction" if len(corrections) > 1 else ""), candidates
+
+
+def clip_candidates(profile: QuantProfile):
+    return "clip", "fuse_clip", {"fused": profile.replace(fuse_clip=True),
+                                 "not fused": profile.replace(fuse_clip=False)}
 
 
 def fp16_candidates(profile: QuantProfile):

@@ -15,6 +15,9 @@ one the fit rebuilds tomorrow are the same.
 - ``weight-range``: the weight range method: 147k weights with three outliers, which a per-tensor MSE
   search clips and min/max does not (per channel, 8-bit MSE never clips and the two are the same);
 - ``cle``: cross-layer equalization: conv-ReLU-conv whose channel ranges differ 80x and cancel in float;
+- ``clip``: whether a Clip after a conv is fused into it (``fuse_clip``): the conv's output reaches 11,
+  the Clip keeps [0, 2]; fused, only the clipped tensor is stored (a step of 2/127), unfused the conv's
+  own coarse grid shows through;
 - ``fp16``: whether a layer asked to stay FP16 does: the ``outputs`` probe again, its conv named
   ``fp16_conv``; FP16 leaves the 8-bit grid (undetermined when the outputs are not quantized at all).
 """
@@ -155,6 +158,21 @@ class Equalize(nn.Module):
         return self.conv2(self.relu(self.conv1(x)))
 
 
+CLIP_TOP = 2.0
+
+
+class ClipAfterConv(nn.Module):
+    """Two channels mixed by a conv (weights 2 and 0.74: dense values up to 11), then clamped to
+    [0, CLIP_TOP]: a fused Clip leaves a fine grid over [0, 2], an unfused one the conv's 5x coarser one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = _conv(2, 1, np.array([2.0, 0.74]))
+
+    def forward(self, x):
+        return torch.clamp(self.conv(x), min=0.0, max=CLIP_TOP)
+
+
 def _uniform(lo: float, hi: float, channels: int = 1):
     return lambda rng: _frames(rng.uniform(lo, hi, N_CALIB * SIZE * SIZE), channels)
 
@@ -216,6 +234,9 @@ PROBES: tuple[Probe, ...] = (
           channels=WEIGHT_CHANNELS),
     Probe("cle", "cross-layer equalization", lambda: Equalize(), _uniform(0.0, 1.0),
           lambda rng: {"ramp": _ramp(0.0, 1.0), **_random_inputs(0.0, 1.0, 1, 2)(rng)}),
+    Probe("clip", "whether a Clip after a conv is fused into it", lambda: ClipAfterConv(),
+          lambda rng: rng.uniform(-1.0, 4.0, (N_CALIB, 2, SIZE, SIZE)), _random_inputs(-0.5, 1.5, 2),
+          channels=2),
     Probe("fp16", "whether a layer kept in FP16 stays FP16", lambda: Mix(FP16_LAYER), _mixed_calibration,
           _mixed_inputs, channels=2,
           note=f"Ask the toolchain to keep the layer `{FP16_LAYER}` (ONNX node `/{FP16_LAYER}/Conv`) in "

@@ -8,7 +8,8 @@ NPU does with it:
 - ``relu``: ReLU, fused into a preceding weighted / bn / elementwise op whose only user it is;
 - ``clip``: a clamp to constant bounds (Clip, ReLU6, Hardtanh), fused into a preceding weighted / bn /
   elementwise / activation op (after its fused ReLU) whose only user it is, so that only the clipped
-  tensor is stored: the fusions npuq assumes of every NPU profile (conv+ReLU+Clip, ELU+Clip);
+  tensor is stored: the fusions npuq assumes of an NPU profile (conv+ReLU+Clip, ELU+Clip) unless its
+  ``fuse_clip`` is false (ONNX Runtime's QDQ quantizer, the probe kit finds, quantizes both tensors);
 - ``activation``: ELU, sigmoid, tanh, leaky ReLU, ReLU6, SiLU, hard-swish/sigmoid, PReLU;
 - ``eltwise``: tensor-tensor add / sub / mul; ``scalar``: a tensor with a Python number (chains of
   these, like input normalisation ``(x - m) / s``, fuse into one op);
@@ -337,8 +338,9 @@ def _fold_into_conv(conv: nn.Module, bn: _BatchNorm) -> None:
 class _Planner:
     """Walks the graph once in order and decides every quantizer (see ``plan_quantizers``)."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, fuse_clip: bool = True):
         self.gm = gm
+        self.fuse_clip = fuse_clip
         self.modules = dict(gm.named_modules())
         self.plan = QuantPlan()
         self.source: dict[fx.Node, str | None] = {}  # tensor node -> quantizer whose grid it lies on
@@ -409,7 +411,7 @@ class _Planner:
             self.fused.add(user)
             user = single_user(anchor)
             user_category = classify(user, self.modules).category if user is not None else None
-        if info.category in CLIP_FUSING and user_category == "clip":
+        if self.fuse_clip and info.category in CLIP_FUSING and user_category == "clip":
             anchor = user
             ops.append("clip")
             self.fused.add(user)
@@ -456,9 +458,10 @@ def output_leaves(output_node: fx.Node) -> list[fx.Node]:
     return [n for n in leaves if is_tensor(n)]
 
 
-def plan_quantizers(gm: fx.GraphModule) -> QuantPlan:
-    """Decide where the NPU stores tensors (see the module docstring). Needs ``propagate_shapes`` first."""
-    return _Planner(gm).run()
+def plan_quantizers(gm: fx.GraphModule, fuse_clip: bool = True) -> QuantPlan:
+    """Decide where the NPU stores tensors (see the module docstring). Needs ``propagate_shapes`` first.
+    ``fuse_clip``: False for a toolchain that stores (and quantizes) a tensor before its clamp too."""
+    return _Planner(gm, fuse_clip).run()
 
 
 def insert_quantizers(gm: fx.GraphModule, plan: QuantPlan, modules: dict[str, nn.Module]) -> None:

@@ -83,6 +83,9 @@ class QuantProfile:
     bias_correction: str = "empirical"
     cle: bool = True
     fold_bn: bool = True
+    # a constant clamp (Clip, ReLU6) after a conv / bn / add / activation runs inside it: only the
+    # clipped tensor is stored and quantized (False: the unclipped tensor too, on its own range)
+    fuse_clip: bool = True
     fp16_layers: tuple[str, ...] = ()
     # True/False for every model output, or one flag per output in output order.
     quantize_outputs: bool | tuple[bool, ...] = True
@@ -180,7 +183,7 @@ def profile_from_dict(data: Any, source: str = "<profile>") -> QuantProfile:
     values["activations"] = _tensor_config(
         data.get("activations", {}), "activations", source, defaults.activations
     )
-    for key in ("cle", "fold_bn"):
+    for key in ("cle", "fold_bn", "fuse_clip"):
         if key in values:
             _expect(isinstance(values[key], bool), source, key, f"must be true or false, got {values[key]!r}")
     bc = values.get("bias_correction", defaults.bias_correction)

@@ -688,7 +688,7 @@ def build_quantsim(model: nn.Module, profile: QuantProfile, example_input: torch
     propagate_shapes(gm, (example_input.to(_model_device(model)),))
     folded = fold_batchnorm(gm) if profile.fold_bn else []
     cle = equalize(gm) if profile.cle else CLEReport()
-    plan = plan_quantizers(gm)
+    plan = plan_quantizers(gm, fuse_clip=profile.fuse_clip)
     quantizers = _make_act_quantizers(plan, profile)
     insert_quantizers(gm, plan, quantizers)
     layers = _make_quant_layers(gm, plan, profile, quantizers)

@@ -170,7 +170,7 @@ def _check_rotation(profile: QuantProfile, rotation: Sequence[QuantProfile]) -> 
         raise NpuqError("quantsim fine-tune: a calibrator rotation starts with the sim's own profile")
     for other in rotation:
         grids = [(p.activations.bits, p.activations.symmetric, p.weights, p.fp16_layers, p.cle, p.fold_bn,
-                  p.quantize_outputs) for p in (profile, other)]
+                  p.fuse_clip, p.quantize_outputs) for p in (profile, other)]
         if grids[0] != grids[1]:
             raise NpuqError(f"quantsim fine-tune: profile {other.name!r} in the calibrator rotation changes "
                             "the grids or FP16 layers, not only how ranges are calibrated")

@@ -29,6 +29,7 @@ def test_onnxruntime_settings_are_identified(kit, tmp_path, settings, symmetric,
     assert fitted.activations.calibrator.startswith(calibrator), fields["activations.range"].evidence
     assert fitted.weights.granularity == granularity
     assert fitted.bias_correction == "off" and not fitted.cle and fitted.quantize_outputs
+    assert fitted.fuse_clip  # its QDQ quantizer gives the conv the Clip's output range
     if settings.method == "Entropy":  # ONNX Runtime's entropy, 128 bins over the whole set: min/max
         assert "kl/onnxruntime give" in fields["activations.range"].evidence
     assert min(result.agreement.values()) > 0.95, result.agreement

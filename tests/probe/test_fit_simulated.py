@@ -26,7 +26,8 @@ def hidden(i: int) -> QuantProfile:
                                   granularity=("per_tensor", "per_channel")[i // 2 % 2])
     return QuantProfile(name=f"hidden-{i}", activations=activations, weights=weights,
                         bias_correction=("off", "empirical", "empirical-sequential")[i % 3], cle=i % 4 < 2,
-                        fp16_layers=(FP16_LAYER,) if i in (1, 2, 5, 6) else (), quantize_outputs=i != 6)
+                        fp16_layers=(FP16_LAYER,) if i in (1, 2, 5, 6) else (), quantize_outputs=i != 6,
+                        fuse_clip=i % 3 != 1)
 
 
 @pytest.mark.parametrize("i", range(len(RANGES)), ids=lambda i: f"{i}-{RANGES[i]}")
@@ -47,6 +48,7 @@ def test_every_field_of_a_hidden_profile_is_recovered(kit, tmp_path, i):
     else:
         assert fitted.bias_correction == truth.bias_correction
     assert fitted.cle == truth.cle
+    assert fitted.fuse_clip == truth.fuse_clip, fields["fuse_clip"].evidence
     assert fitted.fp16_layers == truth.fp16_layers  # an FP16 layer's weights are off the grid, too
     assert result.fits and min(result.agreement.values()) > 0.99, result.agreement
 

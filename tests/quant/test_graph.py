@@ -7,9 +7,10 @@ import torch
 from nets import PlainNet, TinyUNet, images, randomize_bn, seeded
 from torch import nn
 
+from npuq.errors import NpuqError
 from npuq.models import DepthNetConfig, DepthResNet
 from npuq.quant.graph import fold_batchnorm, plan_quantizers, propagate_shapes, trace
-from npuq.quant.profile import QuantProfile
+from npuq.quant.profile import QuantProfile, profile_from_dict
 from npuq.quant.sim import build_quantsim
 
 NO_CLE = QuantProfile(cle=False)
@@ -192,3 +193,13 @@ def test_clip_fuses_into_the_conv_or_activation_before_it_so_only_the_clipped_te
     x = images(2)
     with torch.no_grad(), sim.quant_disabled():
         assert torch.equal(sim(x), seeded(_ClipNet)(x))
+
+
+def test_an_unfused_clip_stores_and_quantizes_the_tensor_before_it_too():
+    with pytest.warns(UserWarning, match=r"clamp_2 \(clamp\)"):
+        sim = build_quantsim(seeded(_ClipNet), NO_CLE.replace(fuse_clip=False), images(1))
+    ops = [(q.layer, q.op) for q in sim.quantizers.values()]
+    assert ("a", "conv+relu") in ops and ("elu", "elu") in ops
+    assert ("relu6", "clip") in ops and ("clamp", "clip") in ops
+    with pytest.raises(NpuqError, match="fuse_clip"):
+        profile_from_dict({"fuse_clip": "yes"})
