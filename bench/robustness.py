@@ -42,6 +42,7 @@ QAF_ANCHOR = ("qaf", {**QAF[1], "anchor": 1.0})  # the recommended-qaf plan's: f
 # worst columns): fits no single calibrator
 QAF_ROTATE = ("qaf", {**QAF_ANCHOR[1], "calibrators": ["no-bias-correction", "minmax"]})
 QAF_ROTATE_400 = ("qaf", {**QAF_ROTATE[1], "steps": 400, "curve_every": 100})  # recommended-ft's since 12-04
+BOUNDED = ("bounded", {})  # the long-tailed blocks clamped where 1% of the calibration values saturate
 DISTILL = ("distill", {"steps": 200, "curve_every": 50})
 DISTILL_OUTPUT = ("distill", {**DISTILL[1], "feature_weight": 0.0})  # output KD only, no feature term
 ROWS = {
@@ -51,6 +52,10 @@ ROWS = {
     "centre-logit+range-anchor": [CENTRE, ANCHORS],
     "calib-search": [CALIB],
     "centre-logit+calib-search": [CENTRE, CALIB],
+    "bounded": [BOUNDED],
+    "bounded-all": [("bounded", {"select": "all"})],
+    "centre-logit+bounded": [CENTRE, BOUNDED],
+    "centre-logit+bounded+range-anchor": [CENTRE, BOUNDED, ANCHORS],
     "relu": [RELU],
     "leaky_relu": [("activation", {"activation": "leaky_relu", "steps": 300, "supervised": 1.0})],
     "log-depth": [LOG_DEPTH],

@@ -50,6 +50,10 @@ def add_range_anchors(model: DepthResNet, block: int, k: int, value: float,
     """
     if not 0 <= block < len(model.decoder.decoder) or k < 1 or value <= 0:
         raise ValueError("range anchors need a decoder block index, k >= 1 and a positive value")
+    ceiling = model.decoder.decoder[block].ceiling
+    if 0 < ceiling < value:
+        raise ValueError(f"range anchors: block {block} is bounded at {ceiling:g}, "
+                         f"so an anchor of {value:g} would not stay constant")
     new = _widened(model, block, k)
     at = model.decoder.block_channels[block]
     old_state = model.state_dict()

@@ -146,10 +146,11 @@ def save_checkpoint(path: str | Path, model: DepthResNet, extra: dict | None = N
     check_writable(path, force)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     config = dataclasses.asdict(model.config)
-    if not config["decoder_extra_channels"]:  # a plain Monodepth2 decoder: the file reads as before
-        del config["decoder_extra_channels"]
-    else:
-        config["decoder_extra_channels"] = list(config["decoder_extra_channels"])
+    for key in ("decoder_extra_channels", "decoder_ceilings"):
+        if not config[key]:  # a plain Monodepth2 decoder: the file reads as before
+            del config[key]
+        else:
+            config[key] = list(config[key])
     ckpt = {"format": FORMAT, "config": config, "state_dict": state_dict, "extra": extra}
     return save_torch(path, ckpt, force=force)
 

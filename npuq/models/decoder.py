@@ -29,15 +29,21 @@ class Conv3x3(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """Conv3x3 followed by ELU (Monodepth2's ``ConvBlock``) or another ``ACTIVATIONS`` entry; not in-place."""
+    """Conv3x3 followed by ELU (Monodepth2's ``ConvBlock``) or another ``ACTIVATIONS`` entry; not in-place.
 
-    def __init__(self, in_channels: int, out_channels: int, activation: str = "elu"):
+    ``ceiling`` > 0 bounds the output at that value (``min(ELU(x), c)``, an ONNX Clip that an NPU fuses
+    into the activation before it); 0 leaves it unbounded.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, activation: str = "elu", ceiling: float = 0.0):
         super().__init__()
         self.conv = Conv3x3(in_channels, out_channels)
         self.nonlin = ACTIVATIONS[activation]()
+        self.ceiling = float(ceiling)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.nonlin(self.conv(x))
+        y = self.nonlin(self.conv(x))
+        return torch.clamp(y, max=self.ceiling) if self.ceiling > 0 else y
 
 
 class DepthDecoder(nn.Module):
@@ -48,7 +54,8 @@ class DepthDecoder(nn.Module):
     """
 
     def __init__(self, num_ch_enc: list[int], num_ch_dec: tuple[int, ...] = NUM_CH_DEC, num_scales: int = 4,
-                 activation: str = "elu", extra_channels: tuple[int, ...] = ()):
+                 activation: str = "elu", extra_channels: tuple[int, ...] = (),
+                 ceilings: tuple[float, ...] = ()):
         super().__init__()
         if len(num_ch_enc) != 5 or len(num_ch_dec) != 5:
             raise ValueError("DepthDecoder needs five encoder and five decoder channel counts")
@@ -56,19 +63,22 @@ class DepthDecoder(nn.Module):
             raise ValueError(f"num_scales must be in 1..5, got {num_scales}")
         if extra_channels and (len(extra_channels) != 10 or min(extra_channels) < 0):
             raise ValueError("extra_channels needs ten non-negative counts, one per block")
+        if ceilings and (len(ceilings) != 10 or min(ceilings) < 0):
+            raise ValueError("ceilings needs ten non-negative values, one per block (0: unbounded)")
         self.num_ch_enc = list(num_ch_enc)
         self.num_ch_dec = list(num_ch_dec)
         self.num_scales = num_scales
         # Channels a block has beyond Monodepth2's (the range-anchor rewrite adds constant ones).
         extra = list(extra_channels) or [0] * 10
         self.block_channels = [num_ch_dec[4 - b // 2] + extra[b] for b in range(10)]
+        ceiling = list(ceilings) or [0.0] * 10
         blocks = []
         for i in range(4, -1, -1):
             b = 2 * (4 - i)
             in_0 = num_ch_enc[-1] if i == 4 else self.block_channels[b - 1]
             in_1 = self.block_channels[b] + (num_ch_enc[i - 1] if i > 0 else 0)
-            blocks += [ConvBlock(in_0, self.block_channels[b], activation),
-                       ConvBlock(in_1, self.block_channels[b + 1], activation)]
+            blocks += [ConvBlock(in_0, self.block_channels[b], activation, ceiling[b]),
+                       ConvBlock(in_1, self.block_channels[b + 1], activation, ceiling[b + 1])]
         self.decoder = nn.ModuleList(blocks)
 
     def upconv(self, i: int, j: int) -> nn.Module:

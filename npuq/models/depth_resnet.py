@@ -35,6 +35,9 @@ class DepthNetConfig:
     activation: str = "elu"  # the decoder's nonlinearity (npuq.models.decoder.ACTIVATIONS)
     # per decoder block: channels beyond Monodepth2's (range anchors) or () for none
     decoder_extra_channels: tuple[int, ...] = ()
+    # per decoder block: the ceiling its output is clamped at (bounded-activation remedy), 0 for none;
+    # () for none anywhere
+    decoder_ceilings: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.depth not in RESNET_LAYERS:
@@ -51,6 +54,9 @@ class DepthNetConfig:
         if self.decoder_extra_channels and (len(self.decoder_extra_channels) != 10
                                             or min(self.decoder_extra_channels) < 0):
             raise NpuqError("DepthNetConfig: decoder_extra_channels needs ten non-negative counts")
+        self.decoder_ceilings = tuple(float(c) for c in self.decoder_ceilings)
+        if self.decoder_ceilings and (len(self.decoder_ceilings) != 10 or min(self.decoder_ceilings) < 0):
+            raise NpuqError("DepthNetConfig: decoder_ceilings needs ten non-negative values (0: unbounded)")
         if self.activation not in ACTIVATIONS:
             raise NpuqError(f"DepthNetConfig: activation must be one of {', '.join(ACTIVATIONS)}, "
                             f"got {self.activation!r}")
@@ -93,7 +99,8 @@ class DepthResNet(nn.Module):
         self.encoder = RGBEncoder(self.config.depth)
         self.decoder = DepthDecoder(self.encoder.num_ch_enc, num_scales=self.config.num_scales,
                                     activation=self.config.activation,
-                                    extra_channels=self.config.decoder_extra_channels)
+                                    extra_channels=self.config.decoder_extra_channels,
+                                    ceilings=self.config.decoder_ceilings)
         self.head = build_head(self.config.head, self.decoder.scale_channels,
                                self.config.min_depth, self.config.max_depth)
 

@@ -21,6 +21,9 @@ clips as a tail) gets more anchor channels, round by round: twice as many once t
 exhausted, up to the block's own channel count. The notes say which blocks were repaired
 and which (if any) still flip.
 
+A block bounded by the ``bounded`` remedy (``min(ELU(x), c)``) can only carry anchors at its ceiling c:
+a larger constant would be clamped.
+
 The rewrite itself is ``npuq.models.anchors.add_range_anchors``: the float outputs are unchanged, so
 the hand-off's FP32 accuracy is too.
 """
@@ -56,7 +59,8 @@ class RangeAnchorConfig(RemedyConfig):
     # anchor channels per block to try (at most the block's own count): a larger share makes the top
     # bin outweigh the ELU spike, so every calibrator's range becomes the tensor's maximum
     counts: tuple[int, ...] = (1, 4, 16, 32)
-    # anchor values; empty: 1.05x, 1.25x, 1.5x, 2x the block's maximum on the calibration frames, 17.6, 24
+    # anchor values (a bounded block's: its ceiling); empty: 1.05x, 1.25x, 1.5x, 2x the block's maximum
+    # on the calibration frames, and 17.6 and 24 where above it
     values: tuple[float, ...] = ()
     calibrators: tuple[str, ...] = CALIBRATOR_CHOICES  # "profile": the hand-off's own; others: its variants
     min_gain: float = 1.5  # worst-case error without anchors / with, needed to add them (0: always)
@@ -91,12 +95,13 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     original = load_model(handoff.checkpoint).eval()
     rgb = handoff.calib.rgb(input_size(handoff), cfg.frames)
     blocks = cfg.blocks or tuple(range(NUM_BLOCKS))
+    block_cfgs = {b: bounded_config(cfg, original.decoder.decoder[b].ceiling) for b in blocks}
     calibrators = activation_calibrators(handoff.profile, cfg.calibrators)
     views = block_views(original, handoff.profile, rgb, blocks)
     chosen: dict[int, dict[str, Any]] = {}
     report: dict[str, Any] = {}
     for block in blocks:
-        best, rows = search_block(views[block], calibrators, cfg)
+        best, rows = search_block(views[block], calibrators, block_cfgs[block])
         report[str(block)] = rows
         if best is not None:
             chosen[block] = best
@@ -104,7 +109,7 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
     flipped = flipped_blocks(model, handoff.profile, cfg.calibrators, rgb, chosen)
     repaired: set[int] = set()
     for _ in range(REPAIR_ROUNDS):
-        stronger = {b: stronger_candidate(views[b], calibrators, cfg, report[str(b)], chosen[b])
+        stronger = {b: stronger_candidate(views[b], calibrators, block_cfgs[b], report[str(b)], chosen[b])
                     for b in flipped}
         stronger = {b: c for b, c in stronger.items() if c is not None}
         if not stronger:
@@ -121,6 +126,12 @@ def add_anchors(handoff: Handoff, cfg: RangeAnchorConfig, ctx: Context) -> Hando
              "repaired": sorted(repaired), "still_flipped": {str(b): names for b, names in flipped.items()},
              "mac_overhead": conv_macs(model, rgb[:1]) / conv_macs(original, rgb[:1]) - 1.0}
     return dataclasses.replace(handoff, checkpoint=out, notes=notes)
+
+
+def bounded_config(cfg: RangeAnchorConfig, ceiling: float) -> RangeAnchorConfig:
+    """The search of a block bounded at ``ceiling`` (0: unbounded): its anchors can only sit at the
+    ceiling, since a larger constant would be clamped."""
+    return dataclasses.replace(cfg, values=(ceiling,)) if ceiling else cfg
 
 
 # Above 16 x 1.1 the smallest range a TensorRT-style entropy search can pick (max / 16) lies above the
@@ -245,8 +256,8 @@ def search_block(x: torch.Tensor | Sequence[torch.Tensor], calibrators: dict[str
     the histogram of the real values alone."""
     views = [x] if isinstance(x, torch.Tensor) else list(x)
     absmax = max(float(v.abs().max()) for v in views)
-    values = cfg.values or (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, PINNED_VALUE, 24.0)
-    values = sorted({float(v) for v in values if v >= absmax})
+    defaults = (1.05 * absmax, 1.25 * absmax, 1.5 * absmax, 2.0 * absmax, PINNED_VALUE, 24.0)
+    values = sorted({float(v) for v in cfg.values or [v for v in defaults if v >= absmax]})
     counts = sorted({min(c, views[0].shape[1]) for c in cfg.counts})
     hists = [_BlockHistogram(v, max([absmax, *values])) for v in views]
 
