@@ -56,7 +56,7 @@ class ActivationConfig(RemedyConfig):
 class BoundedConfig(RemedyConfig):
     name = "bounded"
     blocks: tuple[int, ...] = ()  # decoder blocks to bound (0-9); empty: chosen by ``select``
-    # "tails": the blocks whose calibration maximum exceeds ``tail_ratio`` x their ceiling (a long tail
+    # "tails": the blocks whose calibration maximum exceeds ``tail_ratio`` x their quantile (a long tail
     # that an entropy or MSE search clips anyway); "all": every block
     select: str = "tails"
     tail_ratio: float = 4.0
