@@ -30,9 +30,9 @@ from npuq.remedies.range_anchor import PINNED_VALUE
 
 
 @dataclass(frozen=True)
-class ActivationConfig(RemedyConfig):
-    name = "activation"
-    activation: str = "relu"
+class RepairConfig(RemedyConfig):
+    """The repair fine-tune that a remedy changing the decoder runs (``repair_decoder``)."""
+
     steps: int = 300
     lr: float = 1e-4
     batch_size: int = 8
@@ -40,12 +40,21 @@ class ActivationConfig(RemedyConfig):
     supervised: float = 0.0  # weight of the supervised multi-scale depth loss (needs labels)
 
     def __post_init__(self) -> None:
+        if self.steps < 0 or self.lr <= 0 or self.batch_size <= 0 or min(self.distill, self.supervised) < 0:
+            raise NpuqError(f"{self.name}: steps >= 0, lr > 0, batch_size > 0 and non-negative weights")
+        if self.steps and self.distill == 0 and self.supervised == 0:
+            raise NpuqError(f"{self.name}: a fine-tune needs distill or supervised > 0")
+
+
+@dataclass(frozen=True)
+class ActivationConfig(RepairConfig):
+    name = "activation"
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise NpuqError(f"activation: must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if self.steps < 0 or self.lr <= 0 or self.batch_size <= 0 or min(self.distill, self.supervised) < 0:
-            raise NpuqError("activation: steps >= 0, lr > 0, batch_size > 0 and non-negative weights")
-        if self.steps and self.distill == 0 and self.supervised == 0:
-            raise NpuqError("activation: a fine-tune needs distill or supervised > 0")
+        super().__post_init__()
 
     @classmethod
     def smoke(cls) -> ActivationConfig:
@@ -53,7 +62,7 @@ class ActivationConfig(RemedyConfig):
 
 
 @dataclass(frozen=True)
-class BoundedConfig(RemedyConfig):
+class BoundedConfig(RepairConfig):
     name = "bounded"
     blocks: tuple[int, ...] = ()  # decoder blocks to bound (0-9); empty: chosen by ``select``
     # "tails": the blocks whose calibration maximum exceeds ``tail_ratio`` x their quantile (a long tail
@@ -64,11 +73,6 @@ class BoundedConfig(RemedyConfig):
     # the lowest ceiling: below it the smallest range a TensorRT-style entropy search can pick (max / 16)
     # no longer lies above the ELU spike at 1.0, and the bounded block locks there
     floor: float = PINNED_VALUE
-    steps: int = 300
-    lr: float = 1e-4
-    batch_size: int = 8
-    distill: float = 1.0
-    supervised: float = 0.0
 
     def __post_init__(self) -> None:
         if any(not 0 <= b < 10 for b in self.blocks):
@@ -77,10 +81,7 @@ class BoundedConfig(RemedyConfig):
             raise NpuqError(f"bounded: select must be 'tails' or 'all', got {self.select!r}")
         if not 0 < self.saturate < 0.5 or self.tail_ratio < 1 or self.floor < 0:
             raise NpuqError("bounded: saturate must be in (0, 0.5), tail_ratio >= 1 and floor >= 0")
-        if self.steps < 0 or self.lr <= 0 or self.batch_size <= 0 or min(self.distill, self.supervised) < 0:
-            raise NpuqError("bounded: steps >= 0, lr > 0, batch_size > 0 and non-negative weights")
-        if self.steps and self.distill == 0 and self.supervised == 0:
-            raise NpuqError("bounded: a fine-tune needs distill or supervised > 0")
+        super().__post_init__()
 
     @classmethod
     def smoke(cls) -> BoundedConfig:
@@ -101,8 +102,7 @@ def bound_activations(handoff: Handoff, cfg: BoundedConfig, ctx: Context) -> Han
     student.load_state_dict(teacher.state_dict())
     stats = set_ceilings(student.eval(), handoff.calib.rgb(input_size(handoff)), cfg)
     ceilings = tuple(float(module.ceiling) for module in student.decoder.decoder)
-    student = DepthResNet(dataclasses.replace(teacher.config, decoder_ceilings=ceilings))
-    student.load_state_dict(teacher.state_dict())
+    student.config = dataclasses.replace(teacher.config, decoder_ceilings=ceilings)  # as saved
     chosen = {str(b): c for b, c in enumerate(ceilings) if c}
     losses = repair_decoder(teacher, student, handoff, cfg, ctx, f"bounded {len(chosen)} blocks") \
         if chosen else []
@@ -152,7 +152,7 @@ def change_activation(handoff: Handoff, cfg: ActivationConfig, ctx: Context) -> 
 
 
 def repair_decoder(teacher: torch.nn.Module, student: torch.nn.Module, handoff: Handoff,
-                   cfg: ActivationConfig | BoundedConfig, ctx: Context, label: str) -> list[float]:
+                   cfg: RepairConfig, ctx: Context, label: str) -> list[float]:
     """Fine-tune ``student``'s decoder and head (encoder and its BN statistics frozen) towards the
     unchanged ``teacher`` by self-distillation, plus the supervised loss when ``cfg.supervised`` > 0.
     Leaves ``student`` on the CPU in eval mode; returns the losses."""
